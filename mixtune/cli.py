@@ -1,0 +1,58 @@
+"""The `mixtune` command: `mixture`, `train`, `eval` and `recipe` subcommands.
+
+Each subpackage owns its subcommands in its own `cli.py` (a `register(subparsers)` function);
+heavy libraries (torch, transformers) are imported only inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from mixtune import __version__
+from mixtune.errors import MixtuneError
+
+SUBCOMMAND_MODULES = (
+    "mixtune.mixtures.cli",
+    "mixtune.train.cli",
+    "mixtune.eval.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every subpackage's subcommands registered."""
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="mixtune", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mixtune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse arguments, run the chosen command, print mixtune errors without a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args)
+    except MixtuneError as e:
+        print(f"mixtune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixtune: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

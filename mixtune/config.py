@@ -1,0 +1,148 @@
+"""YAML loading, strict pydantic validation with file/field errors, and `key=value` overrides.
+
+Every YAML file mixtune reads (mixtures, recipes, eval specs) goes through `load_yaml` and
+`validate`, so all of them share safe loading (no object construction from tags) and the same
+error style: the file, the dotted field, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mixtune.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; a syntax error names the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", path=path, hint="check the path") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text ({e.reason})", path=path) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{line}invalid YAML: {problem}", path=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", path=path)
+    return data
+
+
+def _field_path(loc: Iterable[Any]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model at `loc`, for 'did you mean' hints."""
+    current: Any = model
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or item not in fields:
+            return []
+        annotation = fields[item].annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validate(model: type[M], data: Any, path: str | Path | None = None) -> M:
+    """Validate `data` against `model`; the first problem becomes a ConfigError naming file and field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        field = _field_path(loc)
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            raise ConfigError("unknown key", path=path, field=field, hint=hint) from None
+        msg = err["msg"]
+        if err["type"] not in ("missing",) and "input" in err:
+            msg += f" (got {err['input']!r})"
+        raise ConfigError(msg, path=path, field=field or None) from None
+
+
+def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
+    """'did you mean ...' text for a misspelt name, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
+    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b.c=value` (value read as YAML: numbers, booleans, lists) into (keys, value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value", hint="e.g. training.learning_rate=1e-4")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".")]
+    if not all(keys):
+        raise ConfigError(f"override {text!r} has an empty key", hint="e.g. training.learning_rate=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads 1e-4 as a string; accept it as the float a user means.
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value) if any(c in value for c in "eE.") else value
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `a.b=value` override applied (nested keys created as needed)."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: '{k}' is not a section", field=".".join(keys))
+            node = nxt
+        node[keys[-1]] = value
+    return out

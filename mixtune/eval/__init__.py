@@ -1,0 +1,1 @@
+"""Held-out evaluation: evaluation sets, generation, SuperNI metrics, baselines and reports."""

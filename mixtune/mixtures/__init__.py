@@ -1,0 +1,1 @@
+"""Mixtures: the YAML spec, sampling rates, the position -> example sampler, and `build`."""

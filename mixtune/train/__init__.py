@@ -1,0 +1,1 @@
+"""Training: recipes, trainer construction (TRL / Seq2SeqTrainer), packing, checkpoints, launch."""
