@@ -1,9 +1,64 @@
-"""`mixtune mixtures` subcommands."""
+"""`mixtune mixture show|build`: inspect a mixture YAML, or write its examples as a dataset."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mixture", help="the mixture YAML (e.g. data_mixtures/superni_sample.yaml)")
+    parser.add_argument("--collection", metavar="PATH",
+                        help="use this SuperNI folder (or `bundled`) as the path of every superni source")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the mixture YAML, e.g. --set seed=7 (repeatable)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands to the `mixtune` parser."""
+    """Add `mixture show` and `mixture build` to the `mixtune` parser."""
+    mixture = subparsers.add_parser("mixture", help="inspect or build a YAML task mixture")
+    sub = mixture.add_subparsers(dest="mixture_command", required=True, metavar="ACTION")
+    show = sub.add_parser("show", help="print tasks, rates and expected examples of a mixture")
+    _add_common(show)
+    show.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    show.add_argument("--plot", metavar="FILE.png", help="also draw the rates per category to this PNG")
+    show.set_defaults(func=show_command)
+    build = sub.add_parser("build", help="write the mixture's formatted examples as a Hugging Face dataset")
+    _add_common(build)
+    build.add_argument("--out", required=True, metavar="DIR", help="output folder (datasets.load_from_disk)")
+    build.set_defaults(func=build_command)
+
+
+def _plan(args: argparse.Namespace):
+    from mixtune.mixtures.plan import plan_mixture
+    from mixtune.mixtures.spec import load_mixture
+
+    spec = load_mixture(args.mixture, overrides=args.overrides, collection=args.collection)
+    return plan_mixture(spec)
+
+
+def show_command(args: argparse.Namespace) -> int:
+    """Print the plan's summary (table or JSON) and optionally plot it."""
+    from mixtune.mixtures.report import plot_rates, print_summary
+
+    summary = _plan(args).summary()
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_summary(summary)
+    if args.plot:
+        path = plot_rates(summary, args.plot)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def build_command(args: argparse.Namespace) -> int:
+    """Build the mixture dataset into --out."""
+    from mixtune.mixtures.build import build_mixture
+
+    plan = _plan(args)
+    out = build_mixture(plan, args.out)
+    print(f"wrote {len(plan)} examples of mixture {plan.spec.name!r} (hash {plan.hash}) to {out}")
+    return 0

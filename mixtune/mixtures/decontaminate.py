@@ -1,0 +1,279 @@
+"""Train/eval decontamination: find training instances whose input overlaps an evaluation instance.
+
+Two tests, on the SuperNI-normalised text (lower-case, punctuation removed, whitespace collapsed):
+
+- exact: the normalised training input equals a normalised evaluation input;
+- n-gram: the training input shares at least one word n-gram (n=13 by default, as GPT-3 and FLAN
+  decontaminate) with an evaluation input.
+
+The evaluation side becomes a sorted array of 64-bit n-gram hashes; each training task's inputs are
+hashed in one vectorised pass (numpy) and looked up with `np.isin` / `np.searchsorted`, so the cost
+is linear in the number of words on both sides. Words that never occur on the evaluation side cannot
+be part of a shared n-gram and are masked out before the lookup.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mixtune.errors import ConfigError, DataError
+
+DEFAULT_NGRAM = 13
+_PUNCT = str.maketrans("", "", string.punctuation)
+_SPACE = re.compile(r"\s+")
+_PRIME = np.uint64(0x100000001B3)
+
+
+def normalize(text: str) -> str:
+    """SuperNI answer normalisation: lower-case, ASCII punctuation removed, whitespace collapsed."""
+    return _SPACE.sub(" ", text.lower().translate(_PUNCT)).strip()
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser: spread small integer ids over 64 bits (wrapping arithmetic)."""
+    z = values.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _ngram_hashes(ids: np.ndarray, owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of every word n-gram that lies inside one text and has no unknown word (id 0).
+
+    `ids` are the word ids of all texts concatenated, `owner` the text index of each word. Returns
+    (hashes, owner of each n-gram).
+    """
+    count = len(ids) - n + 1
+    if count <= 0:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    mixed = _mix(ids)
+    with np.errstate(over="ignore"):
+        hashes = np.zeros(count, dtype=np.uint64)
+        for k in range(n):
+            hashes = hashes * _PRIME + mixed[k:k + count]
+    unknown = np.concatenate([[0], np.cumsum(ids == 0)])
+    valid = (owner[:count] == owner[n - 1:]) & (unknown[n:] - unknown[:count] == 0)
+    return hashes[valid], owner[:count][valid]
+
+
+@dataclass(frozen=True)
+class EvalRef:
+    """An evaluation instance that training text may overlap."""
+
+    task: str
+    instance_id: str
+
+
+@dataclass
+class EvalIndex:
+    """The evaluation side: normalised inputs for exact match, sorted n-gram hashes for overlap."""
+
+    n: int
+    refs: list[EvalRef] = field(default_factory=list)
+    exact: dict[str, int] = field(default_factory=dict)
+    vocab: dict[str, int] = field(default_factory=dict)
+    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    owners: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+    @property
+    def tasks(self) -> list[str]:
+        """The evaluation tasks indexed, sorted."""
+        return sorted({r.task for r in self.refs})
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+def build_eval_index(items: Iterable[tuple[str, str, str]], n: int = DEFAULT_NGRAM) -> EvalIndex:
+    """Index evaluation instances given as (task, instance_id, input)."""
+    if n < 1:
+        raise ConfigError(f"the n-gram length must be >= 1 (got {n})", field="ngram", hint="the usual value is 13")
+    index = EvalIndex(n=n)
+    ids: list[int] = []
+    owner: list[int] = []
+    for task, instance_id, text in items:
+        k = len(index.refs)
+        index.refs.append(EvalRef(task, str(instance_id)))
+        norm = normalize(text)
+        if norm:
+            index.exact.setdefault(norm, k)
+        for word in norm.split():
+            ids.append(index.vocab.setdefault(word, len(index.vocab) + 1))
+            owner.append(k)
+    hashes, owners = _ngram_hashes(np.asarray(ids, np.int64), np.asarray(owner, np.int64), n)
+    order = np.argsort(hashes, kind="stable")
+    hashes, owners = hashes[order], owners[order]
+    first = np.ones(len(hashes), dtype=bool)
+    first[1:] = hashes[1:] != hashes[:-1]
+    index.hashes, index.owners = hashes[first], owners[first]
+    return index
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """A training instance that overlaps an evaluation instance."""
+
+    source: str
+    task: str
+    row: int
+    instance_id: str
+    kind: str  # "exact" or "ngram"
+    eval_task: str
+    eval_instance_id: str
+    shared_ngrams: int
+
+
+def find_overlaps(index: EvalIndex, source: str, task: str, ids: Sequence[str],
+                  inputs: Sequence[str]) -> list[Overlap]:
+    """The instances of one training task (ids and inputs in row order) that overlap the index."""
+    found: list[Overlap] = []
+    exact_rows: set[int] = set()
+    word_ids: list[int] = []
+    owner: list[int] = []
+    vocab = index.vocab
+    for row, text in enumerate(inputs):
+        norm = normalize(text)
+        hit = index.exact.get(norm) if norm else None
+        if hit is not None:
+            ref = index.refs[hit]
+            found.append(Overlap(source, task, row, str(ids[row]), "exact", ref.task, ref.instance_id,
+                                 max(len(norm.split()) - index.n + 1, 0)))
+            exact_rows.add(row)
+            continue
+        words = norm.split()
+        word_ids.extend(vocab.get(w, 0) for w in words)
+        owner.extend([row] * len(words))
+    if len(index.hashes):
+        hashes, rows = _ngram_hashes(np.asarray(word_ids, np.int64), np.asarray(owner, np.int64), index.n)
+        pos = np.searchsorted(index.hashes, hashes)
+        pos = np.minimum(pos, len(index.hashes) - 1)
+        match = index.hashes[pos] == hashes
+        if match.any():
+            hit_rows, hit_eval = rows[match], index.owners[pos[match]]
+            counts = np.bincount(hit_rows)
+            uniq, first = np.unique(hit_rows, return_index=True)
+            for row, at in zip(uniq.tolist(), first.tolist(), strict=True):
+                ref = index.refs[int(hit_eval[at])]
+                found.append(Overlap(source, task, row, str(ids[row]), "ngram", ref.task, ref.instance_id,
+                                     int(counts[row])))
+    found.sort(key=lambda o: o.row)
+    return found
+
+
+@dataclass
+class TaskCount:
+    """Per training task: instances checked and how many overlap (exact, n-gram, either)."""
+
+    source: str
+    task: str
+    num_instances: int
+    exact: int = 0
+    ngram: int = 0
+
+    @property
+    def contaminated(self) -> int:
+        return self.exact + self.ngram
+
+
+@dataclass
+class DecontaminationReport:
+    """The result of checking a mixture's training tasks against evaluation instances."""
+
+    ngram: int
+    eval_tasks: list[str]
+    num_eval_instances: int
+    tasks: list[TaskCount]
+    overlaps: list[Overlap]
+
+    @property
+    def num_contaminated(self) -> int:
+        return len(self.overlaps)
+
+    def contaminated_keys(self) -> set[tuple[str, str, str]]:
+        """(source, task, instance_id) of every contaminated training instance."""
+        return {(o.source, o.task, o.instance_id) for o in self.overlaps}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` form."""
+        return {
+            "ngram": self.ngram,
+            "eval_tasks": self.eval_tasks,
+            "num_eval_instances": self.num_eval_instances,
+            "num_train_instances": sum(t.num_instances for t in self.tasks),
+            "num_contaminated": self.num_contaminated,
+            "tasks": [{**asdict(t), "contaminated": t.contaminated} for t in self.tasks],
+            "overlaps": [asdict(o) for o in self.overlaps],
+        }
+
+
+def check_tasks(index: EvalIndex, train_tasks: Iterable[tuple[str, str, Any]]) -> DecontaminationReport:
+    """Check training tasks given as (source, task, collection) against the evaluation index."""
+    counts: list[TaskCount] = []
+    overlaps: list[Overlap] = []
+    for source, task, collection in train_tasks:
+        table = collection.instances(task)
+        ids = table.column("id").to_pylist()
+        inputs = table.column("input").to_pylist()
+        found = find_overlaps(index, source, task, ids, inputs)
+        counts.append(TaskCount(source, task, len(ids), exact=sum(o.kind == "exact" for o in found),
+                                ngram=sum(o.kind == "ngram" for o in found)))
+        overlaps.extend(found)
+    return DecontaminationReport(index.n, index.tasks, len(index), counts, overlaps)
+
+
+def split_eval_items(collections: dict[str, Any], split: str) -> Iterator[tuple[str, str, str]]:
+    """Every instance of the tasks that `split` holds out (test + excluded), in each collection."""
+    seen: set[str] = set()
+    any_split = False
+    for collection in collections.values():
+        found = collection.split(split)
+        if found is None:
+            continue
+        any_split = True
+        present = set(collection.task_names())
+        for task in sorted(found.held_out & present - seen):
+            seen.add(task)
+            yield from _task_items(collection, task, None)
+    if not any_split:
+        raise DataError(f"no source collection of the mixture has a split {split!r}", field="eval-split",
+                        hint="give the evaluation with --eval EVAL.yaml, or a collection with splits/<name>/")
+
+
+def spec_eval_items(spec: Any) -> Iterator[tuple[str, str, str]]:
+    """The instances an eval spec evaluates: its tasks' first `max_instances_per_task` instances."""
+    from mixtune.eval.evalsets import resolve_tasks
+    from mixtune.tasks.collection import open_collection
+
+    collection = open_collection(spec.type, spec.collection)
+    for task in resolve_tasks(collection, spec.split, spec.tasks):
+        yield from _task_items(collection, task, spec.max_instances_per_task)
+
+
+def _task_items(collection: Any, task: str, limit: int | None) -> Iterator[tuple[str, str, str]]:
+    table = collection.instances(task)
+    if limit is not None:
+        table = table.slice(0, limit)
+    for instance_id, text in zip(table.column("id").to_pylist(), table.column("input").to_pylist(), strict=True):
+        yield task, str(instance_id), text
+
+
+def decontaminate_plan(plan: Any, *, eval_split: str = "default", eval_spec: Any = None,
+                       ngram: int = DEFAULT_NGRAM) -> DecontaminationReport:
+    """Check every instance of the plan's training tasks against the evaluation's instances.
+
+    The evaluation is `eval_spec` (an EvalSpec: its tasks' first N instances) or, without it, every
+    instance of the tasks that `eval_split` holds out in the plan's collections.
+    """
+    items = spec_eval_items(eval_spec) if eval_spec is not None else split_eval_items(plan.collections, eval_split)
+    index = build_eval_index(items, ngram)
+    if not len(index):
+        raise DataError("the evaluation side has no instances", field="eval",
+                        hint="check the split's test_tasks.txt or the eval YAML's tasks")
+    train = [(t["source"], t["name"], plan.collections[t["source"]]) for t in plan.summary()["tasks"]]
+    return check_tasks(index, train)

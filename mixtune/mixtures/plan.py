@@ -1,0 +1,284 @@
+"""`plan_mixture`: resolve a spec into tasks, rates and a sample index; format examples by position."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mixtune.encodings import EncodingSpec, encode_prompt, pick_reference
+from mixtune.errors import DataError, HeldOutError
+from mixtune.mixtures.rates import mixing_rates, nest
+from mixtune.mixtures.sampler import SampleIndex, build_index, capped_pool, position_seed, stable_key
+from mixtune.mixtures.selection import held_out_tasks, select_tasks
+from mixtune.mixtures.spec import MixtureSpec, SourceSpec
+from mixtune.tasks.schema import TaskCollection, TaskInfo
+
+#: Bumped whenever the sampling algorithm changes what a (mixture, seed, position) yields.
+SAMPLER_VERSION = 1
+COLUMNS = ("prompt", "completion", "task", "category", "source", "position", "instance_id", "references")
+_ENCODING_STREAM = 0x656E63
+
+
+@dataclass
+class PlanTask:
+    """One task of the plan: where it comes from, its pool and its rate."""
+
+    name: str
+    source: str
+    info: TaskInfo
+    collection: TaskCollection = field(repr=False)
+    encoding: EncodingSpec
+    num_instances: int
+    cap: int | None
+    pool: np.ndarray = field(repr=False)
+    weight: float
+    rate: float = 0.0
+    _table: pa.Table | None = field(default=None, repr=False)
+
+    @property
+    def category(self) -> str:
+        return self.info.category
+
+    def table(self) -> pa.Table:
+        """The task's instances (memory-mapped), opened once."""
+        if self._table is None:
+            self._table = self.collection.instances(self.name)
+        return self._table
+
+
+class MixturePlan:
+    """A resolved mixture: its tasks and rates, and the position -> example index.
+
+    `len(plan)` is the number of examples; `plan.example(p)` and `plan.iter_examples(start)` give the
+    formatted example at any position without touching earlier ones.
+    """
+
+    def __init__(self, spec: MixtureSpec, tasks: list[PlanTask], index: SampleIndex,
+                 held_out: frozenset[str], collections: dict[str, TaskCollection]) -> None:
+        self.spec = spec
+        self.tasks = tasks
+        self.index = index
+        self.held_out = held_out
+        self.collections = collections
+        self.seed = spec.seed
+        self.hash = _plan_hash(spec, tasks, len(index))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"MixturePlan(name={self.spec.name!r}, tasks={len(self.tasks)}, examples={len(self)}, hash={self.hash})"
+
+    @property
+    def rates(self) -> np.ndarray:
+        return np.array([t.rate for t in self.tasks])
+
+    def realised_counts(self) -> np.ndarray:
+        """Number of examples each task actually gets in the index."""
+        return self.index.counts(len(self.tasks))
+
+    def summary(self) -> dict[str, Any]:
+        """The `mixture show --json` form: per task, category and source; rates sum to 1."""
+        n = len(self)
+        counts = self.realised_counts().tolist()
+        tasks = [{"name": t.name, "source": t.source, "category": t.category, "num_instances": t.num_instances,
+                  "cap": t.cap, "pool_size": len(t.pool), "rate": t.rate, "expected_examples": t.rate * n,
+                  "realised_examples": c} for t, c in zip(self.tasks, counts, strict=True)]
+        in_mixture = sorted({t.name for t in self.tasks} & self.held_out)
+        return {
+            "name": self.spec.name,
+            "hash": self.hash,
+            "seed": self.seed,
+            "total_examples": n,
+            "num_tasks": len(tasks),
+            "tasks": tasks,
+            "categories": _totals(tasks, "category"),
+            "sources": _totals(tasks, "source"),
+            "held_out": {"num_tasks": len(self.held_out), "allowed": self.spec.held_out.allow,
+                         "in_mixture": in_mixture},
+        }
+
+    def example(self, position: int, *, tokenizer: Any = None, max_source_length: int | None = None) -> dict:
+        """The formatted example at `position`."""
+        if not 0 <= position < len(self):
+            raise IndexError(f"position {position} is outside the mixture (0..{len(self) - 1})")
+        return next(self.iter_examples(position, position + 1, tokenizer=tokenizer,
+                                       max_source_length=max_source_length))
+
+    def iter_examples(self, start: int = 0, stop: int | None = None, *, tokenizer: Any = None,
+                      max_source_length: int | None = None, batch_size: int = 1024) -> Iterator[dict]:
+        """Formatted examples from `start` (O(1): a slice of the index) to `stop`, in sampled order."""
+        for batch in self.iter_batches(start, stop, tokenizer=tokenizer, max_source_length=max_source_length,
+                                       batch_size=batch_size):
+            keys = list(batch)
+            for values in zip(*batch.values(), strict=True):
+                yield dict(zip(keys, values, strict=True))
+
+    def iter_batches(self, start: int = 0, stop: int | None = None, *, tokenizer: Any = None,
+                     max_source_length: int | None = None, batch_size: int = 1024) -> Iterator[dict[str, list]]:
+        """Like `iter_examples`, as column batches ({column: list}) of at most `batch_size` examples."""
+        n = len(self)
+        stop = n if stop is None else min(stop, n)
+        if start < 0 or start > n:
+            raise IndexError(f"start {start} is outside the mixture (0..{n})")
+        for lo in range(start, stop, batch_size):
+            yield self._format(lo, min(lo + batch_size, stop), tokenizer, max_source_length)
+
+    def _format(self, lo: int, hi: int, tokenizer: Any, max_source_length: int | None) -> dict[str, list]:
+        task_ids = self.index.task_ids[lo:hi]
+        rows = self.index.rows[lo:hi]
+        count = hi - lo
+        ids: list[Any] = [None] * count
+        inputs: list[Any] = [None] * count
+        outputs: list[Any] = [None] * count
+        for k in np.unique(task_ids).tolist():
+            where = np.flatnonzero(task_ids == k)
+            taken = self.tasks[k].table().take(pa.array(rows[where]))
+            for j, i, x, o in zip(where.tolist(), taken.column("id").to_pylist(),
+                                  taken.column("input").to_pylist(), taken.column("output").to_pylist(), strict=True):
+                ids[j], inputs[j], outputs[j] = i, x, o
+        out: dict[str, list] = {c: [] for c in COLUMNS}
+        seed = self.seed
+        for j, k in enumerate(task_ids.tolist()):
+            task = self.tasks[k]
+            position = lo + j
+            refs = outputs[j]
+            if not refs:
+                raise DataError(f"instance {ids[j]!r} of task {task.name!r} has no output", field="output")
+            out["prompt"].append(encode_prompt(task.info, inputs[j], task.encoding,
+                                               seed=position_seed(seed ^ _ENCODING_STREAM, position),
+                                               tokenizer=tokenizer, max_source_length=max_source_length))
+            out["completion"].append(refs[0] if len(refs) == 1 else pick_reference(refs, position_seed(seed, position)))
+            out["task"].append(task.name)
+            out["category"].append(task.category)
+            out["source"].append(task.source)
+            out["position"].append(position)
+            out["instance_id"].append(ids[j])
+            out["references"].append(refs)
+        return out
+
+
+def plan_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> MixturePlan:
+    """Resolve `spec`: open its collections, select tasks, compute rates, build the sample index.
+
+    Raises HeldOutError when a task the evaluation holds out is in the mixture, unless the spec sets
+    `held_out.allow: true`.
+    """
+    from mixtune.tasks.collection import open_collection
+
+    opened: dict[tuple, TaskCollection] = {}
+
+    def open_source(source: SourceSpec) -> TaskCollection:
+        key = (source.type, source.path, json.dumps(source.columns, sort_keys=True))
+        if key not in opened:
+            opened[key] = open_collection(source.type, source.path, name=source.name, columns=source.columns,
+                                          cache_dir=cache_dir)
+        return opened[key]
+
+    tasks: list[PlanTask] = []
+    collections: dict[str, TaskCollection] = {}
+    held_out: set[str] = set()
+    rates = _resolve(spec, "", spec.seed, open_source, tasks, collections, held_out)
+    for task, rate in zip(tasks, rates.tolist(), strict=True):
+        task.rate = rate
+    held = frozenset(held_out)
+    violations = sorted({t.name for t in tasks} & held)
+    if violations and not spec.held_out.allow:
+        shown = ", ".join(violations[:20]) + (f" and {len(violations) - 20} more" if len(violations) > 20 else "")
+        raise HeldOutError(f"the mixture contains {len(violations)} held-out task(s): {shown}", path=spec.path,
+                           field="held_out",
+                           hint="exclude them (tasks.exclude), use `split:`, or set `held_out.allow: true`")
+    if spec.total_examples is not None:
+        total = spec.total_examples
+    else:
+        total = int(round(float(spec.epochs) * sum(len(t.pool) for t in tasks)))
+    index = build_index(rates, [t.pool for t in tasks], total, spec.seed,
+                        [stable_key(f"{t.source}\0{t.name}") for t in tasks])
+    return MixturePlan(spec, tasks, index, held, collections)
+
+
+def _resolve(spec: MixtureSpec, prefix: str, seed: int, open_source: Any, tasks: list[PlanTask],
+             collections: dict[str, TaskCollection], held_out: set[str]) -> np.ndarray:
+    """Append `spec`'s tasks (own sources, then nested mixtures) and return their rates (sum 1)."""
+    components: list[tuple[float, np.ndarray]] = []
+    own: list[PlanTask] = []
+    by_index: dict[int, TaskCollection] = {}
+    cap = spec.max_instances_per_task
+    for i, source in enumerate(spec.sources):
+        collection = by_index[i] = open_source(source)
+        label = _unique(prefix + source.name, collections)
+        collections[label] = collection
+        for sel in select_tasks(spec, i, collection):
+            n = sel.info.num_instances or collection.instances(sel.task).num_rows
+            if n == 0:
+                raise DataError(f"task {sel.task!r} has no instances", path=collection.path)
+            own.append(PlanTask(name=sel.task, source=label, info=sel.info, collection=collection,
+                                encoding=sel.encoding, num_instances=n, cap=cap,
+                                pool=capped_pool(n, cap, seed, sel.task), weight=sel.weight))
+    held_out |= held_out_tasks(spec, by_index)
+    if own:
+        components.append((spec.sources_weight, mixing_rates([t.num_instances for t in own], cap=cap,
+                                                             temperature=spec.temperature,
+                                                             weights=[t.weight for t in own])))
+        tasks.extend(own)
+    for weight, child in spec.children:
+        components.append((weight, _resolve(child, f"{prefix}{child.name}/", seed, open_source, tasks,
+                                            collections, held_out)))
+    return nest(components)
+
+
+def _unique(label: str, taken: dict[str, Any]) -> str:
+    if label not in taken:
+        return label
+    n = 2
+    while f"{label}#{n}" in taken:
+        n += 1
+    return f"{label}#{n}"
+
+
+def _totals(tasks: list[dict], key: str) -> list[dict]:
+    groups: dict[str, dict] = {}
+    for t in tasks:
+        g = groups.setdefault(t[key], {"name": t[key], "num_tasks": 0, "num_instances": 0, "rate": 0.0,
+                                       "expected_examples": 0.0, "realised_examples": 0})
+        g["num_tasks"] += 1
+        g["num_instances"] += t["num_instances"]
+        g["rate"] += t["rate"]
+        g["expected_examples"] += t["expected_examples"]
+        g["realised_examples"] += t["realised_examples"]
+    return sorted(groups.values(), key=lambda g: (-g["rate"], g["name"]))
+
+
+def _content_key(task: PlanTask) -> str:
+    """The task file's content hash when the collection exposes one (its cache key), else ''."""
+    getter = getattr(task.collection, "content_key", None)
+    if callable(getter):
+        return str(getter(task.name))
+    cached = getattr(task.collection, "_files", {}).get(task.name)
+    return cached.stem if cached is not None else ""
+
+
+def _task_identity(task: PlanTask) -> list:
+    return [task.source, task.name, task.num_instances, _content_key(task), task.info.definition]
+
+
+def _plan_hash(spec: MixtureSpec, tasks: list[PlanTask], total: int) -> str:
+    """A stable hash of the resolved spec (paths left out) and the tasks' identity and sizes."""
+    resolved = spec.resolved()
+
+    def strip(node: dict) -> dict:
+        node = dict(node)
+        node["sources"] = [{k: v for k, v in s.items() if k != "path"} for s in node.get("sources", [])]
+        node["mixtures"] = [{"weight": m["weight"], "mixture": strip(m["mixture"])} for m in node.get("mixtures", [])]
+        return node
+
+    payload = {"sampler": SAMPLER_VERSION, "spec": strip(resolved), "total": total,
+               "tasks": [_task_identity(t) for t in tasks]}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
