@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(build)
     build.add_argument("--out", required=True, metavar="DIR", help="output folder (datasets.load_from_disk)")
     build.set_defaults(func=build_command)
+    from mixtune.mixtures.decontaminate import add_subcommand
+
+    add_subcommand(sub)  # `mixture decontaminate` (mixtune/mixtures/decontaminate.py)
 
 
 def _plan(args: argparse.Namespace):

@@ -14,6 +14,7 @@ be part of a shared n-gram and are masked out before the lookup.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from collections.abc import Iterable, Iterator, Sequence
@@ -175,6 +176,7 @@ class TaskCount:
     num_instances: int
     exact: int = 0
     ngram: int = 0
+    sampled_examples: int = 0
 
     @property
     def contaminated(self) -> int:
@@ -263,17 +265,166 @@ def _task_items(collection: Any, task: str, limit: int | None) -> Iterator[tuple
         yield task, str(instance_id), text
 
 
+def _plan_tasks(plan: Any) -> list[tuple[str, str, Any]]:
+    """(source, task, collection) of each task of a MixturePlan, in plan order."""
+    return [(t.source, t.name, t.collection) for t in plan.tasks]
+
+
 def decontaminate_plan(plan: Any, *, eval_split: str = "default", eval_spec: Any = None,
                        ngram: int = DEFAULT_NGRAM) -> DecontaminationReport:
     """Check every instance of the plan's training tasks against the evaluation's instances.
 
     The evaluation is `eval_spec` (an EvalSpec: its tasks' first N instances) or, without it, every
-    instance of the tasks that `eval_split` holds out in the plan's collections.
+    instance of the tasks that `eval_split` holds out in the plan's collections. Every instance of a
+    training task is checked, not only its capped pool; `sampled_examples` counts the mixture's
+    examples that are contaminated.
     """
     items = spec_eval_items(eval_spec) if eval_spec is not None else split_eval_items(plan.collections, eval_split)
     index = build_eval_index(items, ngram)
     if not len(index):
         raise DataError("the evaluation side has no instances", field="eval",
                         hint="check the split's test_tasks.txt or the eval YAML's tasks")
-    train = [(t["source"], t["name"], plan.collections[t["source"]]) for t in plan.summary()["tasks"]]
-    return check_tasks(index, train)
+    report = check_tasks(index, _plan_tasks(plan))
+    drop = contaminated_positions(plan, report)
+    sampled = np.bincount(plan.index.task_ids[drop], minlength=len(plan.tasks)) if len(plan.tasks) else []
+    for count, n in zip(report.tasks, np.asarray(sampled).tolist(), strict=True):
+        count.sampled_examples = int(n)
+    return report
+
+
+def contaminated_positions(plan: Any, report: DecontaminationReport) -> np.ndarray:
+    """Boolean mask over the plan's positions: True where the example's instance is contaminated."""
+    drop = np.zeros(len(plan), dtype=bool)
+    bad: dict[tuple[str, str], list[int]] = {}
+    for o in report.overlaps:
+        bad.setdefault((o.source, o.task), []).append(o.row)
+    for k, task in enumerate(plan.tasks):
+        rows = bad.get((task.source, task.name))
+        if rows:
+            drop |= (plan.index.task_ids == k) & np.isin(plan.index.rows, rows)
+    return drop
+
+
+class DecontaminatedPlan:
+    """A MixturePlan without its contaminated examples, for `build_mixture`.
+
+    The kept examples keep their positions (and so their prompts and references) from the full
+    plan; the hash covers the dropped instances, so the built dataset differs from the full one.
+    """
+
+    def __init__(self, plan: Any, report: DecontaminationReport) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.report = report
+        self.keep = ~contaminated_positions(plan, report)
+        keys = "\n".join("\0".join(k) for k in sorted(report.contaminated_keys()))
+        digest = hashlib.blake2b(f"{plan.hash}\n{report.ngram}\n{keys}".encode(), digest_size=8).hexdigest()
+        self.hash = f"{plan.hash}-d{digest}"
+
+    def __len__(self) -> int:
+        return int(self.keep.sum())
+
+    def iter_batches(self, start: int = 0, stop: int | None = None, **kwargs: Any) -> Iterator[dict[str, list]]:
+        """The full plan's batches with the contaminated examples left out."""
+        for batch in self.plan.iter_batches(start, stop, **kwargs):
+            mask = self.keep[np.asarray(batch["position"], dtype=np.int64)]
+            if mask.all():
+                yield batch
+            elif mask.any():
+                yield {c: [v for v, m in zip(values, mask.tolist(), strict=True) if m] for c, values in batch.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """The full plan's summary with the decontaminated size, hash and dropped counts."""
+        out = self.plan.summary()
+        out["hash"] = self.hash
+        out["total_examples"] = len(self)
+        out["decontamination"] = {
+            "ngram": self.report.ngram,
+            "eval_tasks": self.report.eval_tasks,
+            "dropped_instances": self.report.num_contaminated,
+            "dropped_examples": int((~self.keep).sum()),
+            "source_hash": self.plan.hash,
+        }
+        return out
+
+
+def add_subcommand(sub: Any) -> None:
+    """Add `mixture decontaminate` to the `mixture` subparsers."""
+    p = sub.add_parser("decontaminate", help="report (and optionally drop) training instances that overlap "
+                                             "evaluation instances")
+    p.add_argument("mixture", help="the mixture YAML")
+    p.add_argument("--collection", metavar="PATH",
+                   help="use this SuperNI folder (or `bundled`) as the path of every superni source")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the mixture YAML (repeatable)")
+    side = p.add_mutually_exclusive_group()
+    side.add_argument("--eval-split", default="default", metavar="NAME",
+                      help="evaluate against every instance of the tasks this split holds out "
+                           "(test + excluded; default: default)")
+    side.add_argument("--eval", dest="eval_spec", metavar="EVAL.yaml",
+                      help="evaluate against the instances this eval YAML (or a recipe's eval section) evaluates")
+    p.add_argument("--ngram", type=int, default=DEFAULT_NGRAM, help="word n-gram length (default 13)")
+    p.add_argument("--drop", action="store_true", help="build the mixture without the contaminated examples")
+    p.add_argument("--out", metavar="DIR", help="with --drop: output folder (datasets.load_from_disk)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=decontaminate_command)
+
+
+def decontaminate_command(args: Any) -> int:
+    """Run the check, print the report, and with --drop build the decontaminated mixture."""
+    import json
+    import sys
+
+    from mixtune.mixtures.plan import plan_mixture
+    from mixtune.mixtures.spec import load_mixture
+
+    if args.drop and not args.out:
+        raise ConfigError("--drop needs --out DIR", field="--out", hint="e.g. --drop --out out/clean")
+    if args.out and not args.drop:
+        raise ConfigError("--out is only used with --drop", field="--out", hint="add --drop")
+    spec = load_mixture(args.mixture, overrides=args.overrides, collection=args.collection)
+    eval_spec = None
+    if args.eval_spec:
+        from mixtune.eval.spec import load_eval_spec
+
+        eval_spec = load_eval_spec(args.eval_spec)
+    plan = plan_mixture(spec)
+    report = decontaminate_plan(plan, eval_split=args.eval_split, eval_spec=eval_spec, ngram=args.ngram)
+    result = report.to_dict()
+    if args.drop:
+        from mixtune.mixtures.build import build_mixture
+
+        clean = DecontaminatedPlan(plan, report)
+        build_mixture(clean, args.out)
+        result["out"] = str(args.out)
+        result["dropped_examples"] = len(plan) - len(clean)
+        result["total_examples"] = len(clean)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(result)
+    return 0
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """Print the per-task table of contaminated training tasks and the totals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"training instances overlapping {result['num_eval_instances']} evaluation instances of "
+                        f"{len(result['eval_tasks'])} task(s) (exact or {result['ngram']}-gram)")
+    for col, justify in [("task", "left"), ("source", "left"), ("instances", "right"), ("exact", "right"),
+                         ("n-gram", "right"), ("contaminated", "right"), ("sampled examples", "right")]:
+        table.add_column(col, justify=justify)
+    for t in result["tasks"]:
+        if t["contaminated"]:
+            table.add_row(t["task"], t["source"], str(t["num_instances"]), str(t["exact"]), str(t["ngram"]),
+                          str(t["contaminated"]), str(t["sampled_examples"]))
+    console.print(table)
+    console.print(f"{result['num_contaminated']} of {result['num_train_instances']} training instances overlap "
+                  f"the evaluation")
+    if "out" in result:
+        console.print(f"wrote {result['total_examples']} examples ({result['dropped_examples']} dropped) to "
+                      f"{result['out']}")
