@@ -1,0 +1,150 @@
+"""Packing several causal examples into each row, without cross-contamination.
+
+Each batch of examples (as the sampler hands them out, so resuming at a sample position still
+gives the same batches) is tokenized and packed into rows of at most `max_length` tokens:
+
+* `strategy="balanced"` (default): as many rows as the tokens need (ceil(total / max_length)),
+  filled longest-example-first into the currently shortest row that still has room (a new row
+  when none has); rows end up nearly equally long, so padding to the longest row wastes little.
+* `strategy="bfd"`: best-fit decreasing, longest example first into the fullest row it fits in.
+
+In a row every example keeps its own positions (position_ids restart at 0) and attention never
+crosses examples: the batch carries a 4D block-diagonal causal mask of shape [rows, 1, L, L],
+additive (0 where a query may attend a key, the dtype's minimum elsewhere), which transformers
+passes through unchanged to the sdpa and eager kernels. Padding tokens attend only to themselves
+(no all-masked softmax row). The first token of each example has label -100, so no example is
+trained to predict the next example's first token. The loss of a packed batch is therefore the
+loss of the same examples run one by one (token-weighted), see tests/test_packing.py.
+
+Restarting position_ids alone are not enough under sdpa/eager (tokens would attend to the earlier
+examples of the row); TRL's padding-free path avoids the mask but needs FlashAttention (GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator, _check_mask
+
+Strategy = Literal["balanced", "bfd"]
+
+
+def pack_lengths(lengths: Sequence[int], max_length: int, strategy: Strategy = "balanced") -> list[list[int]]:
+    """Group example indices into rows whose total length is at most max_length.
+
+    Rows list their examples in input order; the result is a pure function of the lengths.
+    """
+    too_long = [n for n in lengths if n > max_length]
+    if too_long:
+        raise ValueError(f"an example of {too_long[0]} tokens does not fit a row of {max_length}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    if strategy == "balanced":
+        n_rows = max(1, math.ceil(sum(lengths) / max_length))
+        rows, fill = [[] for _ in range(n_rows)], [0] * n_rows
+        for i in order:
+            fits = [r for r in range(len(rows)) if fill[r] + lengths[i] <= max_length]
+            if not fits:
+                rows.append([])
+                fill.append(0)
+                fits = [len(rows) - 1]
+            r = min(fits, key=lambda r: (fill[r], r))
+            rows[r].append(i)
+            fill[r] += lengths[i]
+    elif strategy == "bfd":
+        for i in order:
+            fits = [r for r in range(len(rows)) if fill[r] + lengths[i] <= max_length]
+            if fits:
+                r = max(fits, key=lambda r: (fill[r], -r))
+            else:
+                rows.append([])
+                fill.append(0)
+                r = len(rows) - 1
+            rows[r].append(i)
+            fill[r] += lengths[i]
+    else:
+        raise ValueError(f"unknown packing strategy {strategy!r} (balanced or bfd)")
+    return [sorted(row) for row in rows if row]
+
+
+def block_causal_mask(segments: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive [rows, 1, L, L] mask from per-token segment ids [rows, L]: a query attends keys of
+    its own segment at or before it. Segment id -1 marks padding, which attends only to itself."""
+    rows, length = segments.shape
+    same = segments[:, :, None] == segments[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = same & causal & (segments[:, :, None] >= 0)
+    allowed |= torch.eye(length, dtype=torch.bool)
+    mask = torch.zeros(rows, 1, length, length, dtype=dtype)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+@dataclass
+class PackingStats:
+    """What one packed batch holds: useful = tokens of real examples (not padding)."""
+
+    examples: int
+    rows: int
+    row_length: int
+    useful_tokens: int
+    trained_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.rows * self.row_length
+
+    @property
+    def useful_fraction(self) -> float:
+        return self.useful_tokens / self.total_tokens if self.total_tokens else 0.0
+
+
+class PackingCollator:
+    """Causal batches with several examples per row: input_ids, labels, position_ids (restarting per
+    example) and a 4D block-diagonal causal attention_mask in `mask_dtype` (use the model's compute
+    dtype: sdpa wants the mask in the query dtype). Rows are padded to the longest row of the batch
+    (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch."""
+
+    def __init__(self, tokenizer: Any, *, max_length: int, strategy: Strategy = "balanced",
+                 mask_dtype: torch.dtype = torch.float32, pad_to_multiple_of: int | None = None,
+                 chat: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.strategy = strategy
+        self.mask_dtype = mask_dtype
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat)
+        self.last_stats: PackingStats | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        examples = self._tokenizing.tokenize(features)
+        lengths = [len(e["input_ids"]) for e in examples]
+        rows = pack_lengths(lengths, self.max_length, self.strategy)
+        length = max(sum(lengths[i] for i in row) for row in rows)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), length), dtype=torch.long)
+        segments = torch.full((len(rows), length), -1, dtype=torch.long)
+        for r, row in enumerate(rows):
+            start = 0
+            for seg, i in enumerate(row):
+                n = lengths[i]
+                input_ids[r, start:start + n] = torch.tensor(examples[i]["input_ids"])
+                labels[r, start:start + n] = torch.tensor(examples[i]["labels"])
+                labels[r, start] = IGNORE_INDEX
+                position_ids[r, start:start + n] = torch.arange(n)
+                segments[r, start:start + n] = seg
+                start += n
+        _check_mask(labels, features)
+        self.last_stats = PackingStats(examples=len(examples), rows=len(rows), row_length=length,
+                                       useful_tokens=sum(lengths),
+                                       trained_tokens=int((labels != IGNORE_INDEX).sum()))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                "attention_mask": block_causal_mask(segments, self.mask_dtype)}
