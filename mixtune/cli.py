@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mixtune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # `deepspeed --module mixtune ...` passes --local_rank=N before the subcommand (LOCAL_RANK is in the env)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(name)

@@ -1,4 +1,4 @@
-"""`mixtune train` subcommands."""
+"""`mixtune train RECIPE [key=value ...]`: run a training recipe (or print its launch command)."""
 
 from __future__ import annotations
 
@@ -7,3 +7,35 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands to the `mixtune` parser."""
+    p = subparsers.add_parser(
+        "train", help="train a model from a recipe",
+        description="Train a model from a recipe YAML. Runs in one process, or under accelerate launch, "
+        "deepspeed or torchrun (see docs/distributed.md).",
+        epilog="example: mixtune train recipes/tiny_causal.yaml training.max_steps=20 training.learning_rate=3e-4")
+    p.add_argument("recipe", help="recipe YAML file (see docs/recipes.md)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override recipe fields, e.g. training.learning_rate=1e-4 resume=never")
+    p.add_argument("--print-launch", action="store_true",
+                   help="print the launch command for the recipe's distributed.nodes / processes_per_node "
+                   "and exit")
+    p.add_argument("--data-order-log", metavar="PATH", default=None,
+                   help="append the stream positions and tasks of every micro-batch to this JSONL file "
+                   "(one line per micro-batch and process; for auditing which data a run trained on)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mixtune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.print_launch:
+        from mixtune.train.launch import launch_command
+
+        print(launch_command(recipe, args.recipe, args.overrides))
+        return 0
+    from mixtune.train.run import run_training
+
+    final = run_training(recipe, order_log=args.data_order_log)
+    print(f"final model: {final}")
+    return 0

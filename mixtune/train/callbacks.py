@@ -1,0 +1,113 @@
+"""Trainer callbacks: completing checkpoints (stream state + marker), the text log, NaN policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from mixtune.errors import MixtuneError
+from mixtune.train.checkpoint import StreamState, mark_complete
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class CheckpointStateCallback(TrainerCallback):
+    """After every save: record the stream position and mixture hash, then mark the checkpoint complete.
+
+    The Trainer has written model, optimizer, scheduler, RNG and trainer state when `on_save`
+    runs; a barrier makes sure every process has written its shard before the main process
+    writes `mixtune_state.json` and, last, the `COMPLETE` marker.
+    """
+
+    def __init__(self, *, start_step: int, start_position: int, global_batch_size: int, world_size: int,
+                 mixture_hash: str) -> None:
+        self.start_step = start_step
+        self.start_position = start_position
+        self.global_batch_size = global_batch_size
+        self.world_size = world_size
+        self.mixture_hash = mixture_hash
+
+    def position_at(self, global_step: int) -> int:
+        """Stream position after `global_step` optimizer steps of this run."""
+        return self.start_position + (global_step - self.start_step) * self.global_batch_size
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        _barrier()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            mark_complete(folder, StreamState(
+                global_step=state.global_step, position=self.position_at(state.global_step),
+                mixture_hash=self.mixture_hash, global_batch_size=self.global_batch_size,
+                world_size=self.world_size))
+        _barrier()
+
+
+class TextLogCallback(TrainerCallback):
+    """Append every log record (loss, learning rate, ...) as one line to a plain-text file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def write(self, text: str) -> None:
+        """Append a line to the log (main process only; callers check)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            self.write(f"step {state.global_step}: {json.dumps(logs, default=str)}")
+
+
+class NanPolicyCallback(TrainerCallback):
+    """Stop the run when a logged loss is NaN or infinite (`training.on_nan: stop`)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise MixtuneError(f"the training loss is {loss} at step {state.global_step}",
+                               field="training.on_nan",
+                               hint="lower training.learning_rate, check the data, or resume from the last "
+                               "checkpoint; on_nan: ignore keeps training")
+
+
+class StaleCheckpointCallback(TrainerCallback):
+    """Before a save, remove a leftover `checkpoint-N` folder of the same step (an interrupted save or
+    an earlier run), so the new save never mixes with old files or inherits an old marker."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not control.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        _barrier()
+
+
+class MixtureLogCallback(TrainerCallback):
+    """Record the mixture hash and per-task example counts in the wandb run config."""
+
+    def __init__(self, mixture_hash: str, task_counts: dict[str, int]) -> None:
+        self.mixture_hash = mixture_hash
+        self.task_counts = task_counts
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or "wandb" not in (args.report_to or []):
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.config.update({"mixture_hash": self.mixture_hash, "mixture_task_counts": self.task_counts},
+                                allow_val_change=True)

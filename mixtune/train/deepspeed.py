@@ -1,0 +1,117 @@
+"""DeepSpeed ZeRO presets (zero2, zero3, zero3_offload) and resolving `distributed.deepspeed`.
+
+The dicts below are the one source of truth; `recipes/deepspeed/<name>.json` are copies for users
+to read and edit (a test checks they are equal), and a recipe can name either a preset or a JSON
+path. "auto" values are filled by transformers from the training arguments (batch sizes, learning
+rate, gradient clipping, bf16/fp16), so one preset serves every recipe.
+
+No preset names an optimizer except zero3_offload: the others use the trainer's torch AdamW, which
+needs no compiled DeepSpeed ops (so they also run on CPU); offloading the optimizer state to CPU
+needs DeepSpeed's CPU Adam.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from mixtune.errors import ConfigError
+
+_COMMON: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "bf16": {"enabled": "auto"},
+    "fp16": {"enabled": "auto"},
+    "steps_per_print": 1000000,
+    "wall_clock_breakdown": False,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "zero2": {
+        **_COMMON,
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_scatter": True,
+            "allgather_bucket_size": 200000000,
+            "reduce_bucket_size": "auto",
+        },
+    },
+    "zero3": {
+        **_COMMON,
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_max_live_parameters": 1000000000,
+            "stage3_max_reuse_distance": 1000000000,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    },
+    "zero3_offload": {
+        **_COMMON,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        },
+        "zero_optimization": {
+            "stage": 3,
+            "offload_optimizer": {"device": "cpu", "pin_memory": True},
+            "offload_param": {"device": "cpu", "pin_memory": True},
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_max_live_parameters": 1000000000,
+            "stage3_max_reuse_distance": 1000000000,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    },
+}
+
+
+def deepspeed_config(value: str | None, *, recipe_path: str | None = None) -> dict[str, Any] | None:
+    """The DeepSpeed config dict for `distributed.deepspeed`: a preset name, a JSON path, or None."""
+    if value is None:
+        return None
+    if value in PRESETS:
+        return copy.deepcopy(PRESETS[value])
+    path = Path(value)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"DeepSpeed config {value!r} not found", path=recipe_path, field="distributed.deepspeed",
+                          hint=f"a preset ({', '.join(PRESETS)}) or an existing .json file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"invalid JSON in {value}: {e}", path=recipe_path, field="distributed.deepspeed") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{value} must hold a JSON object", path=recipe_path, field="distributed.deepspeed")
+    return config
+
+
+def zero_stage(config: dict[str, Any] | None) -> int:
+    """ZeRO stage of a DeepSpeed config (0 when none)."""
+    if not config:
+        return 0
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def write_presets(folder: str | Path) -> list[Path]:
+    """Write every preset as `<folder>/<name>.json` (how recipes/deepspeed/ is produced)."""
+    from mixtune.io import atomic_write_json
+
+    written = []
+    for name, config in PRESETS.items():
+        target = Path(folder) / f"{name}.json"
+        atomic_write_json(target, config)
+        written.append(target)
+    return written

@@ -1,0 +1,246 @@
+"""One training run from a recipe: setup, train, save the final model.
+
+Features and the recipe keys that control them:
+
+- model (`model:`): hub/local model or a config-built tiny one, dtype, LoRA, gradient checkpointing;
+- data (`data:`): the mixture plan streamed by position (`mixtune.train.data`); loss on the
+  completion only; packing (`data.packing`); the mixture's held-out guard refuses held-out tasks;
+- optimisation (`training:`): AdamW, schedule, warmup, `max_steps` or `epochs`, batch sizes;
+- DeepSpeed ZeRO (`distributed.deepspeed`): a preset or a JSON file;
+- checkpoints every `training.save_steps`, completed by a marker; `resume:` auto/never/path
+  continues from the saved stream position in O(1), also with another number of processes;
+- logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar;
+- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mixtune.errors import ConfigError
+from mixtune.recipe import Recipe, recipe_dict
+from mixtune.train import checkpoint as ckpt
+from mixtune.train.callbacks import (
+    CheckpointStateCallback,
+    MixtureLogCallback,
+    NanPolicyCallback,
+    StaleCheckpointCallback,
+    TextLogCallback,
+)
+from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
+
+logger = logging.getLogger(__name__)
+
+FINAL = "final"
+RUN_FILE = "mixtune_run.json"
+
+
+def plan_for(recipe: Recipe) -> Any:
+    """The recipe's mixture plan (raises HeldOutError when it would train on held-out tasks)."""
+    from mixtune.mixtures.plan import plan_mixture
+    from mixtune.mixtures.spec import load_mixture
+
+    return plan_mixture(load_mixture(recipe.data.mixture))
+
+
+def total_steps(recipe: Recipe, plan_size: int, global_batch: int) -> int:
+    """Optimizer steps of the run: `training.max_steps`, else `epochs` passes over the plan."""
+    if recipe.training.max_steps is not None:
+        return recipe.training.max_steps
+    epochs = recipe.training.epochs if recipe.training.epochs is not None else 1.0
+    return max(1, math.ceil(epochs * plan_size / global_batch))
+
+
+def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path:
+    """Train as the recipe says; returns the final model folder. Works under any launcher."""
+    from transformers import set_seed
+
+    output_dir = Path(recipe.output_dir)
+    plan = plan_for(recipe)
+    if len(plan) == 0:
+        raise ConfigError("the mixture has no examples", path=recipe.source, field="data.mixture")
+
+    # The plan's world size is known once the training arguments have set up the processes.
+    from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
+
+    kind_hint = recipe.model.kind or _kind_from_config(recipe)
+    probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
+    world = probe.world_size
+    g_batch = global_batch_size(recipe.training.per_device_batch_size,
+                                recipe.training.gradient_accumulation_steps, world)
+    max_steps = total_steps(recipe, len(plan), g_batch)
+    args = build_training_arguments(recipe, max_steps=max_steps, kind=kind_hint)
+    is_main = args.process_index == 0
+
+    resume_from = ckpt.resolve_resume(recipe.resume, output_dir, recipe_path=recipe.source)
+    start_step, start_position = 0, 0
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        if state.mixture_hash != plan.hash:
+            raise ConfigError(
+                f"the mixture changed since {resume_from} was saved (hash {state.mixture_hash} -> {plan.hash})",
+                path=recipe.source, field="data.mixture",
+                hint="restore the mixture, or start fresh with resume=never or another output_dir")
+        start_step, start_position = state.global_step, state.position
+        if start_step >= max_steps:
+            raise ConfigError(f"{resume_from} is already at step {start_step} of {max_steps}",
+                              path=recipe.source, field="training.max_steps",
+                              hint="raise training.max_steps (or epochs) to train further")
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if recipe.resume != "never":
+            ckpt.remove_incomplete(output_dir)
+    log_path = output_dir / recipe.logging.log_file
+    text_log = TextLogCallback(log_path)
+    if is_main:
+        _attach_file_log(log_path)
+        text_log.write(f"mixture {plan.spec.name!r} hash {plan.hash}: {len(plan)} examples, "
+                       f"{len(plan.tasks)} tasks; world size {world}, global batch {g_batch}, {max_steps} steps")
+        text_log.write(("resuming from " + str(resume_from) + f" at step {start_step}, stream position "
+                        f"{start_position}") if resume_from else "starting fresh")
+
+    set_seed(recipe.training.seed)
+    from mixtune.train.modeling import load_model_and_tokenizer
+
+    model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
+    if kind != kind_hint:
+        args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
+    collate = build_collator(recipe, model, tokenizer, kind)
+    collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
+                              order_log=order_log, rank=args.process_index)
+    stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
+    callbacks: list[Any] = [
+        StaleCheckpointCallback(),
+        CheckpointStateCallback(start_step=start_step, start_position=start_position, global_batch_size=g_batch,
+                                world_size=world, mixture_hash=plan.hash),
+        text_log,
+        MixtureLogCallback(plan.hash, trained_task_counts(plan, stream.stop)),
+    ]
+    if recipe.training.on_nan == "stop":
+        callbacks.append(NanPolicyCallback())
+    trainer = build_trainer(model=model, tokenizer=tokenizer, kind=kind, args=args, train_dataset=stream,
+                            data_collator=collator, callbacks=callbacks)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    end_position = start_position + (max_steps - start_step) * g_batch
+    info = {
+        "recipe": recipe_dict(recipe),
+        "recipe_file": recipe.source,
+        "mixture": plan.summary(),
+        "mixture_hash": plan.hash,
+        "trained_examples": end_position,
+        "trained_task_counts": trained_task_counts(plan, end_position),
+        "global_steps": max_steps,
+        "world_size": world,
+        "global_batch_size": g_batch,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "git_commit": git_commit(),
+        "metrics": result.metrics,
+        "kind": kind,
+    }
+    final = save_final(trainer, tokenizer, output_dir, info)
+    if is_main:
+        text_log.write(f"final model saved to {final}; trained on {end_position} examples")
+    return final
+
+
+def _kind_from_config(recipe: Recipe) -> str:
+    cfg = recipe.model.config or {}
+    if cfg.get("is_encoder_decoder") or str(cfg.get("model_type", "")).lower() in {"t5", "mt5", "umt5", "bart"}:
+        return "seq2seq"
+    return "causal"
+
+
+def trained_task_counts(plan: Any, stop_position: int) -> dict[str, int]:
+    """How many examples of each task the stream positions [0, stop_position) hold."""
+    import numpy as np
+
+    size = len(plan)
+    task_ids = plan.index.task_ids
+    full, rest = divmod(stop_position, size)
+    counts = np.bincount(task_ids, minlength=len(plan.tasks)) * full
+    counts = counts + np.bincount(task_ids[:rest], minlength=len(plan.tasks))
+    return {t.name: int(c) for t, c in zip(plan.tasks, counts, strict=True) if c}
+
+
+def git_commit() -> str | None:
+    """The commit of the mixtune checkout (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, Any]) -> Path:
+    """Write output_dir/final atomically: weights (ZeRO-3 shards gathered), tokenizer, mixtune_run.json.
+
+    Every process takes part (gathering ZeRO-3 shards is collective); the main process fills a
+    temporary folder and renames it into place, so `final/` is either complete or absent.
+    """
+    from mixtune.io import atomic_write_json
+    from mixtune.secrets import redact
+
+    final = output_dir / FINAL
+    tmp = output_dir / f".{FINAL}.partial"
+    is_main = trainer.args.process_index == 0
+    if is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    _barrier()
+    model = trainer.model
+    lora = hasattr(model, "peft_config")
+    if lora:
+        trainer.save_model(str(tmp / "adapter"))
+        info["lora"] = {"adapter": "adapter/", "merged": False}
+        if trainer.is_deepspeed_enabled:
+            info["lora"]["note"] = "ZeRO-3 training: only the adapter is saved; merge it with peft after loading"
+        elif is_main:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(str(tmp), safe_serialization=True)
+            info["lora"]["merged"] = True
+    else:
+        trainer.save_model(str(tmp))
+    _barrier()
+    if is_main:
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / RUN_FILE, redact(info), default=str)
+        old = output_dir / f".{FINAL}.old"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def _attach_file_log(path: Path) -> None:
+    """Send mixtune's and transformers' log records to the run's text log (main process)."""
+    import transformers
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    for name in ("mixtune",):
+        logging.getLogger(name).addHandler(handler)
+    transformers.utils.logging.add_handler(handler)
+    try:
+        from mixtune.secrets import RedactingFilter
+
+        handler.addFilter(RedactingFilter())
+    except ImportError:  # pragma: no cover
+        pass

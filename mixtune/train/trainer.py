@@ -1,0 +1,100 @@
+"""Building the transformers trainer for a recipe: training arguments, collator, trainer class.
+
+Causal models train with `transformers.Trainer` and mixtune's completion-only (or packing)
+collator; seq2seq models with `Seq2SeqTrainer` and the seq2seq collator. TRL's SFTTrainer is not
+used: it tokenises a dataset up front, while mixtune streams examples by position from the mixture
+plan (O(1) resume), and TRL has no encoder-decoder path.
+
+Arguments that make the Trainer follow mixtune's stream instead of its own epoch bookkeeping:
+`max_steps` always set, `ignore_data_skip=True` (the stream starts at the saved position, nothing
+is skipped), `dispatch_batches=False` (each process collates its own share of the global batch)
+and `remove_unused_columns=False` (the dataset yields positions, not columns).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mixtune.recipe import Recipe
+from mixtune.train.deepspeed import deepspeed_config
+
+
+def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> Any:
+    """TrainingArguments (Seq2SeqTrainingArguments for seq2seq) from the recipe's sections."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    t, lg = recipe.training, recipe.logging
+    if lg.wandb == "disabled":
+        report_to: list[str] = []
+    else:
+        os.environ["WANDB_MODE"] = lg.wandb
+        os.environ.setdefault("WANDB_DIR", recipe.output_dir)
+        os.makedirs(recipe.output_dir, exist_ok=True)
+        report_to = ["wandb"]
+    warmup: float = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
+    dtype = recipe.model.dtype
+    cls = Seq2SeqTrainingArguments if kind == "seq2seq" else TrainingArguments
+    return cls(
+        output_dir=recipe.output_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=warmup,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        bf16=dtype == "bf16",
+        fp16=dtype == "fp16",
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=t.on_nan != "stop",
+        report_to=report_to,
+        project=lg.project,
+        run_name=lg.run_name or _default_run_name(recipe),
+        disable_tqdm=not lg.progress_bar,
+        ignore_data_skip=True,
+        remove_unused_columns=False,
+        accelerator_config={"dispatch_batches": False, "split_batches": False},
+        dataloader_num_workers=0,
+        deepspeed=deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source),
+    )
+
+
+def _default_run_name(recipe: Recipe) -> str:
+    from pathlib import Path
+
+    return Path(recipe.source).stem if recipe.source else Path(recipe.output_dir).name
+
+
+def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any:
+    """The model-specific collator: examples (prompt, completion) -> tensors with the loss mask."""
+    import torch
+
+    from mixtune.train.collators import CompletionOnlyCollator, Seq2SeqCollator
+    from mixtune.train.packing import PackingCollator
+
+    d = recipe.data
+    chat = recipe.model.chat_template is not None
+    if kind == "seq2seq":
+        return Seq2SeqCollator(tokenizer, model, max_source_length=d.max_source_length,
+                               max_target_length=d.max_target_length)
+    if d.packing:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.model.dtype, torch.float32)
+        return PackingCollator(tokenizer, max_length=d.max_length, mask_dtype=dtype, chat=chat)
+    return CompletionOnlyCollator(tokenizer, max_length=d.max_length, chat=chat)
+
+
+def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dataset: Any,
+                  data_collator: Any, callbacks: list[Any]) -> Any:
+    """A Trainer (causal) or Seq2SeqTrainer (seq2seq) over the position stream."""
+    from transformers import Seq2SeqTrainer, Trainer
+
+    cls = Seq2SeqTrainer if kind == "seq2seq" else Trainer
+    return cls(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+               processing_class=tokenizer, callbacks=callbacks)
