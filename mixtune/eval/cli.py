@@ -1,9 +1,202 @@
-"""`mixtune eval` subcommands."""
+"""`mixtune eval` subcommands: score, baseline, compare, run.
+
+    mixtune eval score PRED.jsonl [--collection PATH|bundled] [--collection-type superni|hf|jsonl]
+                                  [--rouge-tokenizer default|multilingual] [--workers N] [--json]
+    mixtune eval baseline --method copy_demo|copy_input [--collection PATH|bundled] [--split default]
+                          [--tasks a,b*] [--max-instances 100] --out PRED.jsonl
+    mixtune eval compare DIR1 DIR2 ... [--baselines]
+    mixtune eval run MODEL_DIR [--eval EVAL.yaml] --out DIR [--collection PATH|bundled]
+                     [--collection-type T] [--split NAME] [--tasks a,b*] [--settings zero_shot,def_pos2,pos2]
+                     [--max-instances N] [--batch-size N] [--max-new-tokens N] [--max-source-length N]
+                     [--chat] [--rank-classification] [--no-baselines] [--overwrite] [--set KEY=VALUE ...]
+
+`eval run`'s flags become eval-spec overrides (`--set` entries first, the named flags after, so they win)
+in `args.set`, and `mixtune.eval.runner.run_eval_from_args(args)` does the rest.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
+
+from mixtune.errors import ConfigError
+
+ROUGE_TOKENIZER_HELP = ("ROUGE tokenizer: default (rouge-score's, English, Porter stemmer; as the official script) "
+                        "or multilingual (offline Unicode tokenizer for non-English outputs)")
+
+
+def _collection_args(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument("--collection", default=default, metavar="PATH",
+                        help="task collection: a SuperNI folder, an HF dataset path, a JSONL file, or 'bundled' "
+                        "(the sample shipped with mixtune)" + (f" (default: {default})" if default else ""))
+    parser.add_argument("--collection-type", choices=("superni", "hf", "jsonl"), default=None,
+                        help="format of --collection (default: jsonl for a .jsonl file, else superni)")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands to the `mixtune` parser."""
+    """Add `mixtune eval ...` to the `mixtune` parser."""
+    ev = subparsers.add_parser("eval", help="held-out evaluation: score, baselines, compare, run",
+                               description=__doc__.splitlines()[0])
+    sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+
+    score = sub.add_parser("score", help="score a predictions JSONL with the official SuperNI metrics",
+                           description="Exact match and ROUGE-L (max over references, x100) per task, per "
+                           "category and overall, for a predictions file in the official SuperNI format.")
+    score.add_argument("predictions", metavar="PRED.jsonl", help="predictions file (one JSON object per line)")
+    _collection_args(score, None)
+    score.add_argument("--rouge-tokenizer", choices=("default", "multilingual"), default="default",
+                       help=ROUGE_TOKENIZER_HELP)
+    score.add_argument("--workers", type=int, default=None,
+                       help="processes to score with (default: 1, several for 20,000+ predictions)")
+    score.add_argument("--json", action="store_true",
+                       help='print {"overall", "per_category", "per_task"} as JSON on stdout')
+    score.set_defaults(func=_score)
+
+    base = sub.add_parser("baseline", help="write a heuristic baseline's predictions (copy_demo, copy_input)",
+                          description="The SuperNI paper's heuristic baselines as a predictions file: copy_demo "
+                          "(the first positive example's output) or copy_input (the instance input).")
+    base.add_argument("--method", required=True, choices=("copy_demo", "copy_input"))
+    _collection_args(base, "bundled")
+    base.add_argument("--split", default="default", help="split whose test tasks are evaluated (default: default)")
+    base.add_argument("--tasks", type=_comma_list, default=None, metavar="A,B*",
+                      help="comma-separated task names or globs instead of the split's test tasks")
+    base.add_argument("--max-instances", type=int, default=100,
+                      help="first N instances of each task, in file order (default: 100, as the official)")
+    base.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions file to write")
+    base.set_defaults(func=_baseline)
+
+    cmp = sub.add_parser("compare", help="side-by-side table of several evaluation output folders",
+                         description="Overall EM / ROUGE-L and each category's primary metric for several "
+                         "evaluation folders (each holding a metrics.json).")
+    cmp.add_argument("dirs", nargs="+", metavar="DIR")
+    cmp.add_argument("--baselines", action="store_true", help="add the first folder's baselines as columns")
+    cmp.set_defaults(func=_compare)
+
+    run = sub.add_parser("run", help="generate on the held-out tasks, score and write a report",
+                         description="Evaluate a saved model on the held-out tasks: predictions.jsonl, "
+                         "metrics.json, report.md, categories.png in --out. Flags override the eval YAML.")
+    run.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained (e.g. a checkpoint)")
+    run.add_argument("--eval", metavar="EVAL.yaml", default=None,
+                     help="eval spec: a standalone eval YAML or a recipe with an `eval:` section")
+    run.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _collection_args(run, None)
+    run.add_argument("--split", default=None, help="split whose test tasks are held out")
+    run.add_argument("--tasks", type=_comma_list, default=None, metavar="A,B*", help="task names or globs")
+    run.add_argument("--settings", type=_comma_list, default=None, metavar="S1,S2",
+                     help="encodings to evaluate, e.g. zero_shot,def_pos2,pos2 (the first is the primary)")
+    run.add_argument("--max-instances", type=int, default=None, help="first N instances per task (official: 100)")
+    run.add_argument("--batch-size", type=int, default=None, help="prompts per generation batch")
+    run.add_argument("--max-new-tokens", type=int, default=None, help="generation length limit")
+    run.add_argument("--max-source-length", type=int, default=None, help="prompt budget in tokens")
+    run.add_argument("--chat", action="store_true", default=None, help="render prompts with the chat template")
+    run.add_argument("--rank-classification", action="store_true", default=None,
+                     help="also rank the labels of small-label-set tasks by log-likelihood")
+    run.add_argument("--no-baselines", action="store_true", help="skip the copy_demo / copy_input baselines")
+    run.add_argument("--overwrite", action="store_true", help="discard predictions already in --out")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="eval spec override, e.g. --set max_new_tokens=64 (repeatable)")
+    run.set_defaults(func=_run)
+
+
+# ------------------------------------------------------------------------------------------------- handlers
+
+
+def _print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(100, len(max((r[0] for r in rows), key=len, default="")) + 60)).print(table)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from mixtune.eval.metrics import UNCATEGORIZED, primary_metric, score_file_details
+    from mixtune.eval.predictions import resolve_collection
+
+    collection = resolve_collection(args.collection, args.collection_type)
+    scores = score_file_details(args.predictions, collection, rouge_tokenizer=args.rouge_tokenizer,
+                                workers=args.workers)
+    if set(scores.per_category) == {UNCATEGORIZED}:
+        print("mixtune: no task categories (no --collection and no 'Categories' field in the lines); "
+              "pass --collection PATH|bundled for per-category scores", file=sys.stderr)
+    if args.json:
+        json.dump(scores.as_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        print(f"mixtune: {scores.num_instances['overall']} instances, ROUGE tokenizer: {scores.rouge_tokenizer}",
+              file=sys.stderr)
+        return 0
+    counts = scores.num_instances
+
+    def fmt(row: dict[str, float], prim: str | None) -> list[str]:
+        return [f"[bold]{row[m]:.2f}*[/bold]" if m == prim else f"{row[m]:.2f}" for m in ("exact_match", "rougeL")]
+
+    print(f"{args.predictions}: {counts['overall']} instances, {len(scores.per_task)} tasks, "
+          f"ROUGE tokenizer: {scores.rouge_tokenizer}")
+    _print_table("overall",
+                 [("overall", *fmt(scores.overall, None), str(counts["overall"]))],
+                 ("", "EM", "ROUGE-L", "instances"))
+    _print_table("per category (* primary metric)",
+                 [(c, *fmt(r, primary_metric(c)), str(counts["per_category"][c])) for c, r in scores.per_category.items()],
+                 ("category", "EM", "ROUGE-L", "instances"))
+    _print_table("per task (* primary metric of its category)",
+                 [(t, *fmt(r, primary_metric(scores.task_category[t])), str(counts["per_task"][t]))
+                  for t, r in scores.per_task.items()],
+                 ("task", "EM", "ROUGE-L", "instances"))
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from mixtune.eval.baselines import write_baseline
+    from mixtune.eval.predictions import resolve_collection
+
+    if args.max_instances is not None and args.max_instances < 1:
+        raise ConfigError("must be at least 1", field="--max-instances")
+    collection = resolve_collection(args.collection, args.collection_type)
+    n = write_baseline(collection, args.method, args.out, split=args.split, max_instances=args.max_instances,
+                       tasks=args.tasks)
+    print(f"{args.method}: wrote {n} predictions to {args.out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mixtune.eval.report import compare
+
+    sys.stdout.write(compare(args.dirs, baselines=args.baselines))
+    return 0
+
+
+def spec_overrides(args: argparse.Namespace) -> list[str]:
+    """`eval run`'s named flags as eval-spec `key=value` overrides (after the --set ones)."""
+    fields: dict[str, Any] = {
+        "collection": args.collection,
+        "type": args.collection_type,
+        "split": args.split,
+        "tasks": args.tasks,
+        "settings": args.settings,
+        "max_instances_per_task": args.max_instances,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "max_source_length": args.max_source_length,
+        "chat": args.chat,
+        "rank_classification": args.rank_classification,
+    }
+    # JSON is valid YAML: strings stay strings (quoted), lists and numbers keep their type.
+    return [*args.set, *(f"{k}={json.dumps(v)}" for k, v in fields.items() if v is not None)]
+
+
+def _run(args: argparse.Namespace) -> int:
+    args.set = spec_overrides(args)
+    from mixtune.eval.runner import run_eval_from_args
+
+    return run_eval_from_args(args)

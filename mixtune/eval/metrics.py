@@ -1,0 +1,356 @@
+"""The official Super-NaturalInstructions metrics: exact match and ROUGE-L, per task, category and overall.
+
+Definitions follow the SuperNI / Tk-Instruct evaluation (Wang et al., 2022):
+
+- `normalize_answer`: lower-case, ASCII punctuation removed, whitespace collapsed; articles are KEPT.
+- exact match: 1 when the normalised prediction equals a normalised reference, else 0.
+- ROUGE-L: the F-measure of rouge-score's `RougeScorer(['rougeL'], use_stemmer=True)` (Porter stemmer).
+- each metric is the maximum over an instance's references, averaged over instances, scaled to 0-100 and
+  rounded to 4 decimals; reported overall, per task and per category (a task's first `Categories` entry).
+
+The default ROUGE tokenizer keeps only ``[a-z0-9]`` tokens, so non-English outputs score 0; the official
+script switches to GPT-2's tokenizer for its cross-lingual track. `rouge_tokenizer="multilingual"` is the
+offline replacement used here: Unicode words (letters, digits, combining marks), with each character of the
+scripts written without spaces (Han, kana, Thai, Lao, Khmer, Myanmar) a token of its own, no stemming.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import string
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS = ("exact_match", "rougeL")
+UNCATEGORIZED = "Uncategorized"  # as mixtune.tasks.schema (not imported: it pulls in the collection readers)
+ROUGE_TOKENIZERS = ("default", "multilingual")
+DECIMALS = 4
+
+# The 12 evaluation categories of the SuperNI test split and the metric the Tk-Instruct paper reports for
+# each: exact match for the classification-type categories, ROUGE-L for the generation-type ones.
+EXACT_MATCH_CATEGORIES = frozenset({
+    "Textual Entailment",
+    "Cause Effect Classification",
+    "Coreference Resolution",
+    "Dialogue Act Recognition",
+    "Answerability Classification",
+    "Word Analogy",
+})
+ROUGE_L_CATEGORIES = frozenset({
+    "Overlap Extraction",
+    "Keyword Tagging",
+    "Question Rewriting",
+    "Title Generation",
+    "Data to Text",
+    "Grammar Error Correction",
+})
+
+
+class _PrimaryMetric(dict):
+    """Category -> primary metric; any category not listed (e.g. a training category) gets ROUGE-L."""
+
+    def __missing__(self, category: str) -> str:
+        return "rougeL"
+
+
+PRIMARY_METRIC: dict[str, str] = _PrimaryMetric(
+    {c: "exact_match" for c in sorted(EXACT_MATCH_CATEGORIES)} | {c: "rougeL" for c in sorted(ROUGE_L_CATEGORIES)}
+)
+
+
+def primary_metric(category: str) -> str:
+    """The metric the paper reports for `category`: exact_match or rougeL (the default)."""
+    return PRIMARY_METRIC[category]
+
+
+# ----------------------------------------------------------------------------------------------- per instance
+
+_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, remove ASCII punctuation, collapse whitespace. Articles are kept (as SuperNI does)."""
+    return " ".join(text.lower().translate(_DROP_PUNCTUATION).split())
+
+
+def _as_references(references: str | Sequence[str]) -> Sequence[str]:
+    refs = [references] if isinstance(references, str) else references
+    if len(refs) == 0:
+        raise ValueError("an instance needs at least one reference output")
+    return refs
+
+
+def exact_match(prediction: str, references: str | Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised reference, else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(ref) for ref in _as_references(references)))
+
+
+def rouge_l(prediction: str, references: str | Sequence[str], *, tokenizer: str = "default") -> float:
+    """ROUGE-L F-measure (0-1) of `prediction`, the maximum over `references`."""
+    scorer = rouge_scorer(tokenizer)
+    return float(max(scorer.score(ref, prediction)["rougeL"].fmeasure for ref in _as_references(references)))
+
+
+# ------------------------------------------------------------------------------------------------ tokenizers
+
+
+class _CachedStemmer:
+    """nltk's Porter stemmer (the one rouge-score uses) with a memo: stemming dominates scoring time."""
+
+    def __init__(self) -> None:
+        from nltk.stem import porter
+
+        self.stem = functools.lru_cache(maxsize=1 << 17)(porter.PorterStemmer().stem)
+
+
+class _DefaultTokenizer:
+    """rouge-score's own tokenize() with its Porter stemmer, memoised per text (identical tokens)."""
+
+    name = "default"
+
+    def __init__(self) -> None:
+        from rouge_score import tokenize
+
+        self._tokenize = tokenize.tokenize
+        self._stemmer = _CachedStemmer()
+        self.tokenize = functools.lru_cache(maxsize=1 << 14)(self._uncached)
+
+    def _uncached(self, text: str) -> tuple[str, ...]:
+        return tuple(self._tokenize(text, self._stemmer))
+
+
+# Scripts written without spaces between words: every character is a token.
+_CHAR_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
+
+
+class _MultilingualTokenizer:
+    """Offline tokenizer for any language: Unicode words, one token per Han/kana/Thai/... character."""
+
+    name = "multilingual"
+
+    def __init__(self) -> None:
+        import regex
+
+        self._pattern = regex.compile(
+            rf"[{_CHAR_SCRIPTS}]|(?:(?![{_CHAR_SCRIPTS}])[\p{{L}}\p{{N}}\p{{M}}])+"
+        )
+        self.tokenize = functools.lru_cache(maxsize=1 << 14)(self._uncached)
+
+    def _uncached(self, text: str) -> tuple[str, ...]:
+        return tuple(self._pattern.findall(text.lower()))
+
+
+@functools.cache
+def rouge_scorer(tokenizer: str = "default"):
+    """One shared `rouge_score.rouge_scorer.RougeScorer(['rougeL'])` per tokenizer name (default | multilingual).
+
+    "default" is exactly `RougeScorer(['rougeL'], use_stemmer=True)` (same tokens, memoised stemming).
+    """
+    from rouge_score import rouge_scorer as rs
+
+    if tokenizer == "default":
+        impl: Any = _DefaultTokenizer()
+    elif tokenizer == "multilingual":
+        impl = _MultilingualTokenizer()
+    else:
+        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
+    return rs.RougeScorer(["rougeL"], tokenizer=impl)
+
+
+def score_instances(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    rouge_tokenizer: str = "default",
+    workers: int | None = None,
+) -> tuple[list[float], list[float]]:
+    """Per-instance exact match (0/1) and ROUGE-L F (0-1), each the maximum over the references.
+
+    `workers`: processes to score with; None picks several only for large inputs (>= 20,000 instances).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
+    if rouge_tokenizer not in ROUGE_TOKENIZERS:
+        raise ValueError(f"unknown ROUGE tokenizer {rouge_tokenizer!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
+    n = len(predictions)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if n >= 20_000 else 1
+    workers = max(1, min(workers, n // 1000 or 1))
+    if workers == 1:
+        return _score_chunk((list(predictions), [list(r) for r in references], rouge_tokenizer))
+    size = math.ceil(n / workers)
+    chunks = [
+        (list(predictions[i:i + size]), [list(r) for r in references[i:i + size]], rouge_tokenizer)
+        for i in range(0, n, size)
+    ]
+    em: list[float] = []
+    rl: list[float] = []
+    import multiprocessing
+
+    # fork: workers inherit the loaded rouge-score/nltk (importing nltk alone takes seconds) and need no
+    # `if __name__ == "__main__"` guard in the caller's script; spawn where fork does not exist.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    rouge_scorer(rouge_tokenizer)  # load before forking
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
+        for part_em, part_rl in pool.map(_score_chunk, chunks):
+            em.extend(part_em)
+            rl.extend(part_rl)
+    return em, rl
+
+
+def _score_chunk(args: tuple[list[str], list[list[str]], str]) -> tuple[list[float], list[float]]:
+    predictions, references, tokenizer = args
+    em = [exact_match(p, refs) for p, refs in zip(predictions, references, strict=True)]
+    rl = [rouge_l(p, refs, tokenizer=tokenizer) for p, refs in zip(predictions, references, strict=True)]
+    return em, rl
+
+
+# ----------------------------------------------------------------------------------------------- aggregates
+
+
+def _mean100(values: Sequence[float]) -> float:
+    return round(100.0 * sum(values) / len(values), DECIMALS) if values else 0.0
+
+
+@dataclass
+class Scores:
+    """The scores of a predictions set, with the instance counts and the ROUGE tokenizer used."""
+
+    overall: dict[str, float]
+    per_category: dict[str, dict[str, float]]
+    per_task: dict[str, dict[str, float]]
+    num_instances: dict[str, Any] = field(default_factory=dict)
+    task_category: dict[str, str] = field(default_factory=dict)
+    rouge_tokenizer: str = "default"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `eval score --json` form: {"overall", "per_category", "per_task"}."""
+        return {"overall": self.overall, "per_category": self.per_category, "per_task": self.per_task}
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, for metrics.json: the three tables plus counts, categories, primary metrics, tokenizer."""
+        return {
+            **self.as_dict(),
+            "num_instances": self.num_instances,
+            "task_category": self.task_category,
+            "primary_metric": {c: primary_metric(c) for c in self.per_category},
+            "rouge_tokenizer": self.rouge_tokenizer,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Scores:
+        """Read back `to_json()` (or the bare three-table form)."""
+        return cls(
+            overall=dict(data["overall"]),
+            per_category={k: dict(v) for k, v in data.get("per_category", {}).items()},
+            per_task={k: dict(v) for k, v in data.get("per_task", {}).items()},
+            num_instances=dict(data.get("num_instances", {})),
+            task_category=dict(data.get("task_category", {})),
+            rouge_tokenizer=data.get("rouge_tokenizer", "default"),
+        )
+
+
+def record_prediction(record: Mapping[str, Any]) -> str:
+    """A record's prediction: the `prediction` field (official output) or `Prediction` (official script input)."""
+    return record["prediction"] if "prediction" in record else record["Prediction"]
+
+
+def record_category(record: Mapping[str, Any], categories: Mapping[str, str] | None) -> str:
+    """The record's category: from `categories` (task -> category), else its `Categories` field's first entry."""
+    task = record["Task"]
+    if categories and task in categories:
+        return categories[task]
+    cats = record.get("Categories") or ()
+    return cats[0] if cats else UNCATEGORIZED
+
+
+def compute_scores(
+    records: Iterable[Mapping[str, Any]],
+    categories: Mapping[str, str] | None = None,
+    *,
+    rouge_tokenizer: str = "default",
+    workers: int | None = None,
+) -> Scores:
+    """Score official-format records ({"Task", "Instance": {"output": [...]}, "prediction"}).
+
+    `categories` maps task -> category (e.g. from a collection); tasks missing from it use the record's
+    `Categories` field, else "Uncategorized".
+    """
+    records = list(records)
+    tasks = [r["Task"] for r in records]
+    cats = [record_category(r, categories) for r in records]
+    em, rl = score_instances(
+        [record_prediction(r) for r in records],
+        [r["Instance"]["output"] for r in records],
+        rouge_tokenizer=rouge_tokenizer,
+        workers=workers,
+    )
+    by_task: dict[str, list[int]] = defaultdict(list)
+    by_cat: dict[str, list[int]] = defaultdict(list)
+    task_category: dict[str, str] = {}
+    for i, (task, cat) in enumerate(zip(tasks, cats, strict=True)):
+        by_task[task].append(i)
+        by_cat[cat].append(i)
+        task_category.setdefault(task, cat)
+
+    def table(index: Sequence[int]) -> dict[str, float]:
+        return {"exact_match": _mean100([em[i] for i in index]), "rougeL": _mean100([rl[i] for i in index])}
+
+    return Scores(
+        overall={"exact_match": _mean100(em), "rougeL": _mean100(rl)},
+        per_category={c: table(by_cat[c]) for c in sorted(by_cat)},
+        per_task={t: table(by_task[t]) for t in sorted(by_task)},
+        num_instances={
+            "overall": len(records),
+            "per_category": {c: len(by_cat[c]) for c in sorted(by_cat)},
+            "per_task": {t: len(by_task[t]) for t in sorted(by_task)},
+        },
+        task_category=dict(sorted(task_category.items())),
+        rouge_tokenizer=rouge_tokenizer,
+    )
+
+
+def score_predictions(
+    records: Iterable[Mapping[str, Any]],
+    categories: Mapping[str, str] | None = None,
+    *,
+    rouge_tokenizer: str = "default",
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """{"overall": {"exact_match", "rougeL"}, "per_category": {...}, "per_task": {...}} (0-100, 4 decimals)."""
+    return compute_scores(records, categories, rouge_tokenizer=rouge_tokenizer, workers=workers).as_dict()
+
+
+def score_file_details(
+    path: str | Path,
+    collection: Any = None,
+    *,
+    rouge_tokenizer: str = "default",
+    workers: int | None = None,
+) -> Scores:
+    """Read and score a predictions JSONL; `collection` (object, path or "bundled") supplies the categories
+    and rejects tasks it does not have."""
+    from mixtune.eval.predictions import read_predictions, resolve_collection, task_categories
+
+    collection = resolve_collection(collection)
+    records = read_predictions(path, collection=collection)
+    categories = task_categories(collection, {r["Task"] for r in records}) if collection is not None else None
+    return compute_scores(records, categories, rouge_tokenizer=rouge_tokenizer, workers=workers)
+
+
+def score_file(
+    path: str | Path,
+    collection: Any = None,
+    *,
+    rouge_tokenizer: str = "default",
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """`score_predictions` of a predictions JSONL file (see `score_file_details`)."""
+    return score_file_details(path, collection, rouge_tokenizer=rouge_tokenizer, workers=workers).as_dict()

@@ -1,0 +1,236 @@
+"""Scoring predictions files: agreement with the official formula, file errors, CLI, baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from rouge_score import rouge_scorer
+
+from mixtune.cli import main
+from mixtune.errors import DataError
+from mixtune.eval.baselines import write_baseline
+from mixtune.eval.metrics import score_file, score_file_details, score_predictions
+from mixtune.eval.predictions import read_predictions, write_predictions
+from mixtune.eval.predictions import resolve_collection as open_collection_arg
+
+MAX_PER_TASK = 20
+
+
+@pytest.fixture(scope="module")
+def collection():
+    return open_collection_arg("bundled")
+
+
+def _held_out_tasks(bundled_dir: Path) -> list[str]:
+    test = (bundled_dir / "splits" / "default" / "test_tasks.txt").read_text().split()
+    return [t for t in test if (bundled_dir / "tasks" / f"{t}.json").is_file()]
+
+
+def _prediction(i: int, inst: dict, task: dict) -> str:
+    """Known predictions of every kind: exact, exact after normalisation, partial, other reference, empty."""
+    out = inst["output"]
+    kind = i % 6
+    if kind == 0:
+        return out[0]
+    if kind == 1:
+        return "  " + out[-1].upper() + " !"
+    if kind == 2:
+        return " ".join(inst["input"].split()[:12])
+    if kind == 3:
+        return task["Positive Examples"][0]["output"]
+    if kind == 4:
+        return ""
+    return " ".join(out[0].split()[: max(1, len(out[0].split()) // 2)]) + " running dogs"
+
+
+@pytest.fixture(scope="module")
+def predictions_file(tmp_path_factory, bundled_dir) -> Path:
+    """A predictions file over the bundled sample's held-out tasks, built from the task files directly."""
+    records = []
+    for task_name in _held_out_tasks(bundled_dir):
+        task = json.loads((bundled_dir / "tasks" / f"{task_name}.json").read_text(encoding="utf-8"))
+        for i, inst in enumerate(task["Instances"][:MAX_PER_TASK]):
+            records.append({"Task": task_name, "Definition": task["Definition"],
+                            "Instance": {"id": inst["id"], "input": inst["input"], "output": inst["output"]},
+                            "prediction": _prediction(i, inst, task)})
+    path = tmp_path_factory.mktemp("preds") / "predictions.jsonl"
+    write_predictions(path, records)
+    return path
+
+
+def _official(path: Path, bundled_dir: Path) -> dict:
+    """A straightforward reimplementation of the official formula, independent of mixtune's code: a fresh
+    RougeScorer(['rougeL'], use_stemmer=True) per pair, max over references, mean x 100, round 4."""
+
+    def normalize(s: str) -> str:
+        exclude = set(string.punctuation)
+        return " ".join("".join(ch for ch in s.lower() if ch not in exclude).split())
+
+    def em(pred, refs):
+        return max(normalize(pred) == normalize(r) for r in refs)
+
+    def rl(pred, refs):
+        return max(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(prediction=pred, target=r)["rougeL"]
+                   .fmeasure for r in refs)
+
+    def agg(items):
+        return {"exact_match": round(100.0 * sum(em(p, g) for p, g in items) / len(items), 4),
+                "rougeL": round(100.0 * sum(rl(p, g) for p, g in items) / len(items), 4)}
+
+    examples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    category = {}
+    by_task, by_cat = defaultdict(list), defaultdict(list)
+    for e in examples:
+        t = e["Task"]
+        if t not in category:
+            category[t] = json.loads((bundled_dir / "tasks" / f"{t}.json").read_text())["Categories"][0]
+        item = (e["prediction"], e["Instance"]["output"])
+        by_task[t].append(item)
+        by_cat[category[t]].append(item)
+    return {"overall": agg([(e["prediction"], e["Instance"]["output"]) for e in examples]),
+            "per_category": {c: agg(v) for c, v in by_cat.items()},
+            "per_task": {t: agg(v) for t, v in by_task.items()}}
+
+
+def test_score_agrees_with_official_formula(predictions_file, bundled_dir, collection) -> None:
+    ours = score_file(predictions_file, collection)
+    official = _official(predictions_file, bundled_dir)
+    assert set(ours) == {"overall", "per_category", "per_task"}
+    assert set(ours["per_task"]) == set(official["per_task"]) and len(ours["per_task"]) == 12
+    assert set(ours["per_category"]) == set(official["per_category"]) and len(ours["per_category"]) == 12
+    for table in ("per_category", "per_task"):
+        for key, row in official[table].items():
+            for metric, value in row.items():
+                assert ours[table][key][metric] == pytest.approx(value, abs=1e-4), (table, key, metric)
+    for metric, value in official["overall"].items():
+        assert ours["overall"][metric] == pytest.approx(value, abs=1e-4)
+    # the predictions are a mixture: neither all right nor all wrong
+    assert 20 < ours["overall"]["exact_match"] < 60
+    assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
+
+
+def test_hand_computed_file(tmp_path) -> None:
+    path = tmp_path / "p.jsonl"
+    lines = [
+        {"Task": "t1", "Categories": ["Textual Entailment"], "Instance": {"input": "x", "output": ["Yes"]},
+         "prediction": "yes."},                                          # EM 1, ROUGE 1
+        {"Task": "t1", "Categories": ["Textual Entailment"], "Instance": {"input": "x", "output": ["No"]},
+         "Prediction": "yes"},                                           # EM 0, ROUGE 0 ('Prediction' key)
+        {"Task": "t2", "Instance": {"input": "x", "output": ["the cat sat on the mat", "a dog"]},
+         "prediction": "the cat sat"},                                   # EM 0, ROUGE 2/3
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + "\n")  # trailing blank line is fine
+    scores = score_file_details(path)
+    assert scores.overall == {"exact_match": round(100 / 3, 4), "rougeL": round(100 * (1 + 2 / 3) / 3, 4)}
+    assert scores.per_task["t1"] == {"exact_match": 50.0, "rougeL": 50.0}
+    assert scores.per_task["t2"] == {"exact_match": 0.0, "rougeL": round(200 / 3, 4)}
+    assert scores.per_category == {"Textual Entailment": {"exact_match": 50.0, "rougeL": 50.0},
+                                   "Uncategorized": {"exact_match": 0.0, "rougeL": round(200 / 3, 4)}}
+    assert scores.num_instances["per_task"] == {"t1": 2, "t2": 1}
+    # categories given explicitly win over the line's field
+    explicit = score_predictions(read_predictions(path), {"t1": "Word Analogy", "t2": "Data to Text"})
+    assert set(explicit["per_category"]) == {"Word Analogy", "Data to Text"}
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ('{"Task": "t", "Instance": {"input": "x", "output": ["a"]}, "prediction": "a"', "invalid JSON"),
+        ('{"Instance": {"input": "x", "output": ["a"]}, "prediction": "a"}', "field 'Task'"),
+        ('{"Task": "t", "Instance": {"input": "x", "output": ["a"]}}', "field 'prediction'"),
+        ('{"Task": "t", "Instance": {"input": "x", "output": "a"}, "prediction": "a"}', "field 'Instance.output'"),
+        ('{"Task": "t", "Instance": {"input": "x", "output": []}, "prediction": "a"}', "non-empty list"),
+        ('{"Task": "t", "Instance": {"input": "x", "output": ["a", 3]}, "prediction": "a"}', "Instance.output"),
+        ('{"Task": "t", "Instance": {"output": ["a"]}, "prediction": "a"}', "field 'Instance.input'"),
+        ('{"Task": "t", "Instance": {"input": "x", "output": ["a"]}, "prediction": null}', "must be a string"),
+        ('["not", "an", "object"]', "expected a JSON object"),
+    ],
+)
+def test_malformed_file_names_the_line(tmp_path, line: str, needle: str) -> None:
+    good = '{"Task": "t", "Instance": {"input": "x", "output": ["a"]}, "prediction": "a"}'
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n\n{line}\n{good}\n")  # the bad record is on line 3 (a blank line 2)
+    with pytest.raises(DataError) as info:
+        read_predictions(path)
+    message = str(info.value)
+    assert str(path) in message and "line 3" in message and needle in message
+
+
+def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"Task": "task199_mnli_clasification", "Instance": {"input": "x", "output": ["a"]},
+                                "prediction": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: unknown task .*did you mean 'task199_mnli_classification'"):
+        score_file(path, collection)
+    assert score_file(path)["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0  # no collection
+
+
+def test_cli_score_json(predictions_file, collection, capsys) -> None:
+    assert main(["eval", "score", str(predictions_file), "--collection", "bundled", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == score_file(predictions_file, collection)
+    assert set(out) == {"overall", "per_category", "per_task"}
+    assert set(out["overall"]) == {"exact_match", "rougeL"}
+    for table in ("per_category", "per_task"):
+        assert all(set(row) == {"exact_match", "rougeL"} for row in out[table].values())
+    assert main(["eval", "score", str(predictions_file), "--collection", "bundled"]) == 0  # readable table
+    text = capsys.readouterr().out
+    assert "Textual Entailment" in text and "task199_mnli_classification" in text and "ROUGE tokenizer: default" in text
+    # without a collection and without a Categories field, every task is uncategorised (and the user is told)
+    assert main(["eval", "score", str(predictions_file)]) == 0
+    captured = capsys.readouterr()
+    assert "Uncategorized" in captured.out and "Textual Entailment" not in captured.out
+    assert "--collection" in captured.err
+
+
+def test_cli_reports_bad_file_with_exit_code_2(tmp_path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"Task": "t", "Instance": {"input": "x", "output": ["a"]}, "prediction": "a"}\n{oops\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "mixtune", "eval", "score", str(path), "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "line 2" in proc.stderr and "invalid JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_baselines(tmp_path, collection, bundled_dir, capsys) -> None:
+    held_out = _held_out_tasks(bundled_dir)
+    sizes = {t: collection.instances(t).num_rows for t in held_out}
+    demo, copy = tmp_path / "copy_demo.jsonl", tmp_path / "copy_input.jsonl"
+    assert main(["eval", "baseline", "--method", "copy_demo", "--collection", "bundled", "--out", str(demo)]) == 0
+    assert main(["eval", "baseline", "--method", "copy_input", "--collection", "bundled", "--max-instances", "10",
+                 "--out", str(copy)]) == 0
+    capsys.readouterr()
+    demo_records, copy_records = read_predictions(demo, collection=collection), read_predictions(copy)
+    assert len(demo_records) == sum(min(100, n) for n in sizes.values())
+    assert len(copy_records) == sum(min(10, n) for n in sizes.values()) == 120
+    per_task = defaultdict(list)
+    for r in copy_records:
+        per_task[r["Task"]].append(r)
+        assert r["prediction"] == r["Instance"]["input"]
+    assert set(per_task) == set(held_out)
+    for task, rows in per_task.items():  # the first instances in file order, all references kept
+        assert [r["Instance"]["id"] for r in rows] == collection.instances(task).column("id").to_pylist()[:10]
+    for r in demo_records:
+        assert r["prediction"] == collection.info(r["Task"]).positive_examples[0].output
+        assert r["Categories"] == list(collection.info(r["Task"]).categories)
+    copy_scores, demo_scores = score_file(copy, collection), score_file(demo, collection)
+    assert copy_scores["overall"]["exact_match"] < 5.0  # copying the input is (almost) never the answer
+    assert 0 < copy_scores["overall"]["rougeL"] < 50
+    # copy_demo wins exact match on classification tasks, where the demo's label is often right
+    assert demo_scores["per_category"]["Textual Entailment"]["exact_match"] > 20
+    assert demo_scores["overall"]["exact_match"] > copy_scores["overall"]["exact_match"]
+
+
+def test_baseline_unknown_split(tmp_path) -> None:
+    with pytest.raises(DataError, match="no split 'nope'"):
+        write_baseline(open_collection_arg("bundled"), "copy_input", tmp_path / "x.jsonl", split="nope")
+    assert not (tmp_path / "x.jsonl").exists()
