@@ -14,6 +14,7 @@ from typing import Any
 
 from mixtune.errors import DataError
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 TASK_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 HEADER_FIELDS = ("definition", "positive_examples", "negative_examples", "categories", "input_language",
                  "output_language", "instruction_language")
@@ -26,7 +27,7 @@ SUPERNI_FIELDS = {"Definition": "definition", "Positive Examples": "positive_exa
 
 def check_task_name(name: str, *, path: str | Path | None = None, field: str | None = None) -> str:
     """Return `name` when it is a plain task name (letters, digits, `_ . -`; no path parts)."""
-    if not TASK_NAME.match(name) or name in (".", ".."):
+    if not TASK_NAME.fullmatch(name) or name in (".", ".."):
         raise DataError(f"{name!r} is not a plain task name", path=path, field=field,
                         hint="task names use only letters, digits, '_', '.', '-', do not start with '.' "
                              "and contain no '/' or other path parts")
@@ -36,13 +37,20 @@ def check_task_name(name: str, *, path: str | Path | None = None, field: str | N
 def parse_json(data: bytes, path: str | Path) -> Any:
     """json.loads with a DataError naming file, line and column on malformed input."""
     try:
-        return json.loads(data)
+        obj = json.loads(data)
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path,
                         hint="save the file as UTF-8") from None
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", path=path,
                         hint="fix the JSON syntax there (a missing comma, quote or bracket?)") from None
+    if _SURROGATE_ESCAPE.search(data):  # \ud800-style escapes: paired ones are fine, a lone one is not text
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError("the JSON holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                            "text", path=path, hint="fix or remove the broken \\u escape") from None
+    return obj
 
 
 def text_list(value: Any, *, path: str | Path, field: str) -> list[str]:

@@ -86,7 +86,8 @@ class HFCollection(IndexedCollection):
                 if builder is None:
                     raise DataError(f"unsupported file type {path.suffix!r}", path=path,
                                     hint=f"use one of {', '.join(FILE_BUILDERS)} or a save_to_disk folder")
-                ds = datasets.load_dataset(builder, data_files=str(path), split="train", **self._load_kwargs)
+                kwargs = {"cache_dir": str(self.cache_root / "hf-datasets"), **self._load_kwargs}
+                ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
             else:
                 ds = datasets.load_dataset(str(path), split=self.hf_split, **self._load_kwargs)
         except DataError:

@@ -8,8 +8,8 @@ changed, parsed again. A file modified within two seconds of its hashing is re-c
 next open, since a coarse file-system clock could hide a second change with the same size and mtime.
 
 Files are indexed one at a time (a worker process holds at most one parsed task file), in a pool of
-up to two spawned processes (`workers=`, env MIXTUNE_INDEX_WORKERS) when at least 64 files need
-indexing; as with any multiprocessing, a script that opens a large unindexed collection should
+up to two spawned processes (`workers=`, env MIXTUNE_INDEX_WORKERS) when at least 64 MB of JSON
+needs indexing; as with any multiprocessing, a script that opens a large unindexed collection should
 guard its entry point with `if __name__ == "__main__":` (otherwise indexing falls back to one process).
 """
 
@@ -30,7 +30,7 @@ from mixtune.tasks.base import IndexedCollection
 from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_columns, parse_json
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
-POOL_MIN_FILES = 64  # index in worker processes only when at least this many files need it
+POOL_MIN_BYTES = 64 << 20  # index in worker processes only when this much JSON needs parsing
 
 
 class SuperNICollection(IndexedCollection):
@@ -78,7 +78,7 @@ class SuperNICollection(IndexedCollection):
         if todo:
             jobs = [(str(self.tasks_dir / f), str(self.cache_root), f[:-5], e["key"] if e else None)
                     for f, _, e in todo]
-            results = self._run(jobs, workers)
+            results = self._run(jobs, workers, sum(st.st_size for _, st, _ in todo))
             for (fname, st, e), res in zip(todo, results, strict=True):
                 if "error" in res:
                     error = error or DataError(res["error"][0], path=res["error"][1], field=res["error"][2],
@@ -96,10 +96,10 @@ class SuperNICollection(IndexedCollection):
         for fname, e in entries.items():
             self._add(fname[:-5], e["key"], e["header"])
 
-    def _run(self, jobs: list[tuple], workers: int | None) -> list[dict]:
+    def _run(self, jobs: list[tuple], workers: int | None, total_bytes: int) -> list[dict]:
         if workers is None:
             workers = int(os.environ.get("MIXTUNE_INDEX_WORKERS", 0)) or min(2, os.cpu_count() or 1)
-            workers = workers if len(jobs) >= POOL_MIN_FILES else 1
+            workers = workers if total_bytes >= POOL_MIN_BYTES else 1
         if workers <= 1 or len(jobs) < 2:
             return [index_task_file(*job) for job in jobs]
         ctx = multiprocessing.get_context("spawn")
