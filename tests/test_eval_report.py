@@ -1,0 +1,103 @@
+"""Evaluation reports (metrics.json, report.md, categories.png) and the side-by-side comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from matplotlib import image as mpimg
+
+from mixtune.cli import main
+from mixtune.errors import DataError
+from mixtune.eval.baselines import iter_baseline_records
+from mixtune.eval.metrics import Scores, compute_scores, primary_metric
+from mixtune.eval.predictions import resolve_collection, task_categories
+from mixtune.eval.report import compare, load_metrics, write_report
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """Scores of a 'model' (references with every other one garbled) and of the two baselines."""
+    collection = resolve_collection("bundled")
+    records = list(iter_baseline_records(collection, "copy_input", max_instances=8))
+    cats = task_categories(collection, {r["Task"] for r in records})
+    model = [{**r, "prediction": r["Instance"]["output"][0] if i % 2 else "zzz " + r["Instance"]["output"][0]}
+             for i, r in enumerate(records)]
+    untrained = [{**r, "prediction": "zzz"} for r in records]
+    baselines = {m: compute_scores(iter_baseline_records(collection, m, max_instances=8), cats)
+                 for m in ("copy_demo", "copy_input")}
+    return compute_scores(model, cats), compute_scores(untrained, cats), baselines
+
+
+def test_write_report(tmp_path, runs) -> None:
+    model, untrained, baselines = runs
+    out = tmp_path / "eval"
+    paths = write_report(model, out, name="tiny-model", baselines=baselines, others={"untrained": untrained},
+                         meta={"setting": "def_pos2"})
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "report.md", "categories.png"}
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+    data = json.loads(paths["metrics"].read_text())
+    assert data["overall"] == model.overall and data["per_task"] == model.per_task
+    assert data["baselines"]["copy_input"]["overall"] == baselines["copy_input"].overall
+    assert data["others"]["untrained"]["overall"] == untrained.overall
+    assert data["rouge_tokenizer"] == "default" and data["num_instances"]["overall"] == 96
+    assert data["primary_metric"]["Word Analogy"] == "exact_match"
+    assert Scores.from_json(data).per_category == model.per_category
+
+    text = paths["report"].read_text()
+    assert "# Held-out evaluation: tiny-model" in text
+    assert "ROUGE tokenizer: default" in text and "Instances: 96 over 12 tasks" in text
+    assert "not comparable with published" in text  # 8 instances per task, not 100
+    assert "copy_demo (baseline)" in text and "| untrained |" in text
+    for cat, row in model.per_category.items():
+        prim = primary_metric(cat)
+        assert f"| {cat} | {'EM' if prim == 'exact_match' else 'ROUGE-L'} | 8 |" in text
+        assert f"**{row[prim]:.2f}**" in text
+    assert "## Worst tasks" in text and "## Best tasks" in text
+    assert "setting: def_pos2" in text
+
+    png = paths["plot"].read_bytes()
+    assert png.startswith(b"\x89PNG")
+    pixels = mpimg.imread(paths["plot"])
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 400
+
+
+def test_report_from_runner_metrics(tmp_path, runs) -> None:
+    """`mixtune eval run`'s metrics.json layout: one score table per setting, baselines beside them."""
+    model, untrained, baselines = runs
+    metrics = {
+        "model": "/runs/tiny/checkpoint-10", "step": 10, "split": "default", "primary_setting": "def_pos2",
+        "settings": {"def_pos2": {**model.to_json(), "primary": 50.0}, "zero_shot": untrained.to_json()},
+        "baselines": {k: v.to_json() for k, v in baselines.items()}, "rank_classification": {},
+        "overall": model.overall,
+    }
+    write_report(metrics, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # kept as given
+    text = (tmp_path / "report.md").read_text()
+    assert "checkpoint-10 [def_pos2]" in text and "checkpoint-10 [zero_shot]" in text
+    assert "copy_input (baseline)" in text and "step: 10" in text
+    table = compare([tmp_path])
+    assert f"{model.overall['rougeL']:.2f}" in table
+
+
+def test_compare_two_runs(tmp_path, runs, capsys) -> None:
+    model, untrained, baselines = runs
+    write_report(model, tmp_path / "trained", baselines=baselines)
+    write_report(untrained, tmp_path / "untrained")
+    table = compare([tmp_path / "trained", tmp_path / "untrained"], baselines=True)
+    header = table.splitlines()[0]
+    assert "trained" in header and "untrained" in header and "copy_demo (baseline)" in header
+    overall_rouge = next(line for line in table.splitlines() if line.startswith("| overall ROUGE-L"))
+    assert f"{model.overall['rougeL']:.2f}" in overall_rouge and f"{untrained.overall['rougeL']:.2f}" in overall_rouge
+    assert "| Textual Entailment (EM) |" in table and "| Title Generation (ROUGE-L) |" in table
+    assert main(["eval", "compare", str(tmp_path / "trained"), str(tmp_path / "untrained")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "| Metric | trained | untrained |"
+
+
+def test_compare_missing_metrics(tmp_path) -> None:
+    with pytest.raises(DataError, match="no metrics.json"):
+        load_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(DataError, match="no 'overall' table"):
+        compare([tmp_path])
