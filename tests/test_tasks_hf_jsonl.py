@@ -73,6 +73,15 @@ def test_hf_jsonl_file(tmp_path: Path) -> None:
     assert [r["input"] for r in c.instances("a").to_pylist()] == ["1", "3"]
 
 
+def test_hf_numeric_ids(tmp_path: Path) -> None:
+    path = tmp_path / "n.parquet"
+    datasets.Dataset.from_dict({"task": [7, 3, 7], "input": ["a", "b", "c"], "output": ["x", "y", "z"],
+                                "id": [10, 11, 12]}).to_parquet(str(path))
+    c = HFCollection(path, tmp_path / "cache")
+    assert c.task_names() == ["3", "7"]
+    assert c.instances("7").column("id").to_pylist() == ["10", "12"]
+
+
 def test_hf_errors(saved: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"no column 'task' for 'task'.*task_name") as e:
         HFCollection(saved, tmp_path / "cache")

@@ -181,6 +181,8 @@ def _local_key(path: Path) -> str:
 
 
 def _text_column(column: pa.ChunkedArray, where: Any, role: str) -> pa.ChunkedArray:
+    if role in ("task", "id") and pa.types.is_integer(column.type):
+        column = column.cast(pa.string())  # numeric task or instance ids
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise DataError(f"column for '{role}' must hold strings, got {column.type}", path=where,
                         field=f"columns.{role}")
