@@ -1,0 +1,101 @@
+"""Evaluation sets: the held-out tasks' first N instances, encoded per setting, all references kept.
+
+A record is the official SuperNI prediction line without its prediction:
+`{"Task", "Categories", "Definition", "Instance": {"id", "input", "output": [...]}, "prompt", "setting"}`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+
+from mixtune.config import suggest
+from mixtune.errors import DataError
+
+_SPLIT_FIX = "add splits/<name>/test_tasks.txt to the collection, or list the tasks explicitly (eval.tasks)"
+
+
+def resolve_tasks(collection: Any, split: str = "default", tasks: Sequence[str] | None = None) -> list[str]:
+    """The tasks to evaluate, in sorted order.
+
+    `tasks` (names or shell globs) picks from the collection; without it, the split's test tasks
+    present in the collection are used. An unknown name or a glob that matches nothing is a DataError.
+    """
+    names = collection.task_names()
+    where = getattr(collection, "path", None)
+    if tasks:
+        chosen: set[str] = set()
+        for pattern in tasks:
+            if any(c in pattern for c in "*?["):
+                matched = fnmatch.filter(names, pattern)
+                if not matched:
+                    raise DataError(f"task pattern {pattern!r} matches no task", path=where, field="eval.tasks",
+                                    hint="check the pattern against `mixtune mixture tasks`")
+                chosen.update(matched)
+            elif pattern in names:
+                chosen.add(pattern)
+            else:
+                raise DataError(f"unknown task {pattern!r}", path=where, field="eval.tasks",
+                                hint=suggest(pattern, names) or "check the task name")
+        return sorted(chosen)
+    found = collection.split(split)
+    if found is None:
+        raise DataError(f"the collection has no split {split!r}", path=where, field="eval.split", hint=_SPLIT_FIX)
+    present = set(names)
+    chosen_list = sorted(t for t in found.test if t in present)
+    if not chosen_list:
+        raise DataError(f"none of split {split!r}'s test tasks is in the collection", path=where,
+                        field="eval.split", hint=_SPLIT_FIX)
+    return chosen_list
+
+
+def first_instances(collection: Any, task: str, max_instances: int) -> list[dict[str, Any]]:
+    """The first `max_instances` instances of `task` in file order, as {"id", "input", "output": [...]}."""
+    table = collection.instances(task)
+    rows = table.slice(0, max_instances).to_pylist()
+    return [{"id": str(r["id"]), "input": r["input"], "output": list(r["output"])} for r in rows]
+
+
+def build_eval_set(collection: Any, split: str = "default", max_instances: int = 100,
+                   setting: str = "def_pos2", *, tasks: Sequence[str] | None = None, tokenizer: Any = None,
+                   max_source_length: int | None = None, chat: bool = False) -> list[dict[str, Any]]:
+    """The evaluation records of one setting, task by task in sorted order, instances in file order.
+
+    With `tokenizer` and `max_source_length`, prompts are fitted to the budget as Tk-Instruct does
+    (demonstrations dropped, then cut). With `chat`, each prompt is the tokenizer's chat rendering of
+    the user turn plus the generation prompt.
+    """
+    from mixtune.encodings import encode_prompt, encoding_for_setting, render_chat
+
+    encoding = encoding_for_setting(setting)
+    records: list[dict[str, Any]] = []
+    for task in resolve_tasks(collection, split, tasks):
+        info = collection.info(task)
+        for inst in first_instances(collection, task, max_instances):
+            prompt = encode_prompt(info, inst["input"], encoding, tokenizer=tokenizer,
+                                   max_source_length=max_source_length)
+            if chat:
+                prompt, _ = render_chat(tokenizer, prompt)
+            records.append({
+                "Task": task,
+                "Categories": list(info.categories),
+                "Definition": [info.definition],
+                "Instance": inst,
+                "prompt": prompt,
+                "setting": setting,
+            })
+    return records
+
+
+def label_set(collection: Any, task: str, max_labels: int = 10) -> list[str] | None:
+    """The task's distinct outputs (all instances' references and its positive examples), sorted,
+    or None when there are more than `max_labels` (then the task is not a classification task)."""
+    labels: set[str] = {d.output.strip() for d in collection.info(task).positive_examples}
+    column = collection.instances(task).column("output")
+    for chunk in column.chunks:
+        for outputs in chunk.to_pylist():
+            labels.update(o.strip() for o in outputs)
+            if len(labels) > max_labels:
+                return None
+    return sorted(labels) if 0 < len(labels) <= max_labels else None

@@ -1,0 +1,177 @@
+"""Greedy batched generation for evaluation: length-sorted batches, KV cache, order restored.
+
+Prompts are tokenized once, sorted by length (longest first, so a batch holds prompts of similar
+length and little padding), generated greedily batch by batch and put back in the caller's order.
+Causal models are padded on the left (the attention mask hides the padding and generate derives
+position ids from it), and only the new tokens are decoded; seq2seq models are padded on the right.
+
+Across several processes (accelerate), each process generates a strided share of the sorted
+prompts, padded with repeats to the same number of batches (ZeRO-3 needs every rank in every
+forward), and the (index, text) pairs are gathered once; repeats are dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+OnBatch = Callable[[list[int], list[str]], None]
+
+
+def model_kind(model: Any) -> str:
+    """'seq2seq' for encoder-decoder models, else 'causal'."""
+    config = getattr(model, "config", None)
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (works for wrapped/PEFT models too)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token lists padded to the longest, on the left or the right."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if not seq:
+            continue
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def special_ids(model: Any, tokenizer: Any) -> tuple[int, list[int]]:
+    """(pad id, EOS ids): the tokenizer's, else the model's generation config's."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = eos_ids[0] if eos_ids else 0
+    return pad, eos_ids
+
+
+def _greedy_config(model: Any, max_new_tokens: int, pad_id: int, eos_ids: list[int]) -> Any:
+    from transformers import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    config.update(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, use_cache=True,
+                  temperature=None, top_p=None, top_k=None, min_new_tokens=None, max_length=None,
+                  num_return_sequences=1, pad_token_id=pad_id, eos_token_id=eos_ids or None)
+    return config
+
+
+def _cut_at_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
+    for pos, tok in enumerate(ids):
+        if tok in eos_ids:
+            return ids[:pos]
+    return ids
+
+
+def _zero3_enabled() -> bool:
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover - transformers without deepspeed integration
+        return False
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, with the tokenizer's special tokens (as the model saw in training)."""
+    if not prompts:
+        return []
+    return [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+
+
+def length_sorted(lengths: Sequence[int]) -> list[int]:
+    """Indices ordered by decreasing length (ties keep their order)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+def shard_for_process(order: Sequence[int], rank: int, world: int) -> list[int]:
+    """This process's strided share of `order`, padded with its last entry to ceil(n / world) items."""
+    share = list(order[rank::world])
+    size = math.ceil(len(order) / world) if order else 0
+    filler = share[-1] if share else (order[-1] if order else None)
+    while len(share) < size and filler is not None:
+        share.append(filler)
+    return share
+
+
+@torch.inference_mode()
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 16,
+             max_new_tokens: int = 128, kind: str | None = None, skip: Sequence[int] = (),
+             on_batch: OnBatch | None = None, progress: bool = True, distributed: bool = True,
+             desc: str = "generating") -> list[str]:
+    """Greedy completions of `prompts`, in the same order (every process gets the full list).
+
+    `skip`: indices not to generate (e.g. already predicted by an interrupted run); their entries
+    are ''. `on_batch(indices, texts)` is called in each process after each batch (to save
+    progress). With `distributed` and several accelerate processes, the work is split and
+    gathered once.
+    """
+    from tqdm.auto import tqdm
+
+    kind = kind or model_kind(model)
+    if kind not in ("causal", "seq2seq"):
+        raise ValueError(f"kind must be 'causal' or 'seq2seq', got {kind!r}")
+    pad_id, eos_ids = special_ids(model, tokenizer)
+    config = _greedy_config(model, max_new_tokens, pad_id, eos_ids)
+    device = model_device(model)
+
+    skipped = set(skip)
+    todo = [i for i in range(len(prompts)) if i not in skipped]
+    token_ids = dict(zip(todo, encode_prompts(tokenizer, [prompts[i] for i in todo]), strict=True))
+    order = [todo[j] for j in length_sorted([len(token_ids[i]) for i in todo])]
+
+    rank, world, is_main = 0, 1, True
+    if distributed:
+        from accelerate import PartialState
+
+        state = PartialState()
+        rank, world, is_main = state.process_index, state.num_processes, state.is_local_main_process
+    share = shard_for_process(order, rank, world) if world > 1 else order
+    synced = world > 1 and _zero3_enabled()
+
+    was_training = getattr(model, "training", False)
+    model.eval()
+    local: list[tuple[int, str]] = []
+    try:
+        with tqdm(total=len(share), unit="ex", desc=desc, disable=not (progress and is_main),
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(share), batch_size):
+                batch = share[start:start + batch_size]
+                ids, mask = pad_batch([token_ids[i] for i in batch], pad_id, left=kind == "causal")
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     generation_config=config, synced_gpus=synced)
+                new = out[:, ids.shape[1]:] if kind == "causal" else out
+                texts = [tokenizer.decode(_cut_at_eos(row.tolist(), eos_ids), skip_special_tokens=True).strip()
+                         for row in new]
+                local.extend(zip(batch, texts, strict=True))
+                if on_batch is not None:
+                    on_batch(list(batch), texts)
+                bar.update(len(batch))
+    finally:
+        if was_training:
+            model.train()
+
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        local = gather_object(local)
+    results = [""] * len(prompts)
+    for index, text in local:  # repeats from padded shares carry identical texts
+        results[index] = text
+    return results

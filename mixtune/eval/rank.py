@@ -1,0 +1,105 @@
+"""Rank classification: pick the label with the highest log-likelihood (the T0 / MetaICL way).
+
+For a task whose outputs come from a small label set (see `evalsets.label_set`), each candidate
+label is scored by the model's summed log-probability of its tokens (plus EOS, so that a label that
+is a prefix of another is not favoured) given the prompt, and the best one is the prediction.
+These predictions are scored separately from generation (exact match).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mixtune.eval.generation import (
+    encode_prompts,
+    length_sorted,
+    model_device,
+    model_kind,
+    pad_batch,
+    shard_for_process,
+    special_ids,
+)
+
+
+def label_ids(tokenizer: Any, label: str, eos_ids: Sequence[int]) -> list[int]:
+    """A label's tokens as the model would write them: no special tokens, then EOS when there is one."""
+    ids = list(tokenizer(label, add_special_tokens=False)["input_ids"])
+    return ids + ([eos_ids[0]] if eos_ids else [])
+
+
+@torch.inference_mode()
+def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
+                     kind: str | None = None, distributed: bool = True) -> list[float]:
+    """Summed log-likelihood of each (prompt, label) pair's label given its prompt, in order."""
+    kind = kind or model_kind(model)
+    pad_id, eos_ids = special_ids(model, tokenizer)
+    device = model_device(model)
+    prompts = encode_prompts(tokenizer, [p for p, _ in pairs])
+    labels = [label_ids(tokenizer, lab, eos_ids) for _, lab in pairs]
+    order = length_sorted([len(p) + len(t) for p, t in zip(prompts, labels, strict=True)])
+
+    rank, world = 0, 1
+    if distributed:
+        from accelerate import PartialState
+
+        state = PartialState()
+        rank, world = state.process_index, state.num_processes
+    share = shard_for_process(order, rank, world) if world > 1 else order
+
+    was_training = getattr(model, "training", False)
+    model.eval()
+    local: list[tuple[int, float]] = []
+    try:
+        for start in range(0, len(share), batch_size):
+            batch = share[start:start + batch_size]
+            if kind == "causal":
+                seqs = [prompts[i] + labels[i] for i in batch]
+                ids, mask = pad_batch(seqs, pad_id, left=False)
+                target = torch.full_like(ids, -100)
+                for row, i in enumerate(batch):
+                    end = len(seqs[row])
+                    target[row, end - len(labels[i]):end] = ids[row, end - len(labels[i]):end]
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+                logits, target = logits[:, :-1], target[:, 1:].to(device)
+            else:
+                ids, mask = pad_batch([prompts[i] for i in batch], pad_id, left=False)
+                lab, lab_mask = pad_batch([labels[i] for i in batch], pad_id, left=False)
+                target = lab.masked_fill(lab_mask == 0, -100).to(device)
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=target).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sums = (picked * (target != -100)).sum(-1)
+            local.extend(zip(batch, sums.tolist(), strict=True))
+    finally:
+        if was_training:
+            model.train()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        local = gather_object(local)
+    scores = [0.0] * len(pairs)
+    for index, value in local:
+        scores[index] = value
+    return scores
+
+
+def rank_classify(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]],
+                  labels_by_task: dict[str, Sequence[str]], *, batch_size: int = 16, kind: str | None = None,
+                  distributed: bool = True) -> list[dict[str, Any]]:
+    """Prediction records (record + "prediction", "label_scores") for the records whose task has a label set."""
+    chosen = [r for r in records if labels_by_task.get(r["Task"])]
+    pairs = [(r["prompt"], lab) for r in chosen for lab in labels_by_task[r["Task"]]]
+    scores = score_candidates(model, tokenizer, pairs, batch_size=batch_size, kind=kind, distributed=distributed)
+    out: list[dict[str, Any]] = []
+    pos = 0
+    for record in chosen:
+        labels = list(labels_by_task[record["Task"]])
+        mine = scores[pos:pos + len(labels)]
+        pos += len(labels)
+        best = max(range(len(labels)), key=lambda j: mine[j])
+        out.append({**record, "prediction": labels[best],
+                    "label_scores": dict(zip(labels, (round(s, 4) for s in mine), strict=True))})
+    return out

@@ -1,0 +1,128 @@
+"""Batched, length-sorted greedy generation equals one-by-one generation; rank classification scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mixtune.eval.generation import generate, length_sorted, pad_batch, shard_for_process
+from mixtune.eval.rank import label_ids, rank_classify, score_candidates
+from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+# A larger init spread makes the random T5's greedy outputs differ from prompt to prompt.
+T5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_heads": 4,
+      "initializer_factor": 5.0}
+
+
+def tiny(config: dict):
+    torch.manual_seed(0)
+    model, tokenizer, kind = load_model_and_tokenizer(ModelConfig(config=config, dtype="fp32"))
+    return model.eval(), tokenizer, kind
+
+
+@pytest.fixture(scope="module")
+def prompts(bundled_dir) -> list[str]:
+    """SuperNI prompts of different lengths (definition + the instance input), cut to 160 tokens."""
+    from mixtune.encodings import encode_prompt, encoding_for_setting
+    from mixtune.eval.evalsets import resolve_tasks
+    from mixtune.tasks.collection import open_collection
+
+    collection = open_collection(path=bundled_dir)
+    tasks = resolve_tasks(collection)[:6]
+    spec = encoding_for_setting("zero_shot")
+    out = []
+    for task in tasks:
+        info = collection.info(task)
+        for row in collection.instances(task).slice(0, 2).to_pylist():
+            out.append(encode_prompt(info, row["input"], spec))
+    out += ["Input: yes.\nOutput: ", "Definition: Answer.\n\nNow complete the following example -\nInput: a b c.\nOutput: "]
+    return [p[:400] for p in out]
+
+
+@pytest.mark.parametrize("config", [LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
+def test_batched_length_sorted_equals_one_by_one(config, prompts):
+    model, tokenizer, kind = tiny(config)
+    lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+    assert max(lengths) > 3 * min(lengths)  # batches really mix lengths, so padding is exercised
+
+    batched = generate(model, tokenizer, prompts, batch_size=5, max_new_tokens=8, kind=kind, progress=False)
+    single = [generate(model, tokenizer, [p], batch_size=1, max_new_tokens=8, kind=kind, progress=False)[0]
+              for p in prompts]
+    assert batched == single
+    assert len(set(batched)) > len(prompts) // 2  # not a degenerate model that says the same thing everywhere
+
+
+def test_causal_decodes_only_new_tokens(prompts):
+    model, tokenizer, kind = tiny(LLAMA)
+    out = generate(model, tokenizer, prompts[:3], batch_size=3, max_new_tokens=4, kind=kind, progress=False)
+    for prompt, text in zip(prompts[:3], out, strict=True):
+        assert not text.startswith(tokenizer.decode(tokenizer(prompt)["input_ids"][1:6], skip_special_tokens=True))
+
+
+def test_skip_and_on_batch(prompts):
+    model, tokenizer, kind = tiny(LLAMA)
+    seen: list[int] = []
+    full = generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=5, progress=False)
+    part = generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=5, skip=[0, 3], progress=False,
+                    on_batch=lambda idx, texts: seen.extend(idx))
+    assert sorted(seen) == [i for i in range(len(prompts)) if i not in (0, 3)]
+    assert part[0] == part[3] == ""
+    assert [p for i, p in enumerate(part) if i not in (0, 3)] == [p for i, p in enumerate(full) if i not in (0, 3)]
+
+
+def test_helpers():
+    ids, mask = pad_batch([[5, 6, 7], [8]], 0, left=True)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], 0, left=False)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert length_sorted([2, 5, 1, 5]) == [1, 3, 0, 2]
+    order = [4, 2, 0, 1, 3]
+    shares = [shard_for_process(order, r, 2) for r in range(2)]
+    assert shares == [[4, 0, 3], [2, 1, 1]]  # equal sizes, the short share padded with a repeat
+    assert set(shares[0]) | set(shares[1]) == set(order)
+
+
+def _biased_head(model, bias: torch.Tensor) -> None:
+    """Replace the LM head by zero weights + `bias`: every position predicts softmax(bias)."""
+    old = model.get_output_embeddings()
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(bias)
+    model.config.tie_word_embeddings = False
+    model.set_output_embeddings(head)
+
+
+@pytest.mark.parametrize("config", [LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
+def test_rank_classification_picks_the_more_likely_label(config):
+    model, tokenizer, kind = tiny(config)
+    vocab = model.get_output_embeddings().out_features
+    yes, no = (tokenizer.convert_tokens_to_ids(t) for t in ("yes", "no"))
+    eos = tokenizer.eos_token_id
+    records = [{"Task": "t", "prompt": "Is the sky blue? Output: ", "Instance": {"id": "1", "input": "", "output": ["yes"]}}]
+    for favoured, expected in ((yes, "yes"), (no, "no")):
+        bias = torch.zeros(vocab)
+        bias[favoured] = 4.0
+        _biased_head(model, bias)
+        [out] = rank_classify(model, tokenizer, records, {"t": ["no", "yes"]}, kind=kind)
+        assert out["prediction"] == expected
+        # every position predicts softmax(bias), so a label's score is a sum of known log-probabilities
+        logp = torch.log_softmax(bias, dim=0)
+        for label in ("no", "yes"):
+            assert label_ids(tokenizer, label, [eos]) == [tokenizer.convert_tokens_to_ids(label), eos]
+            want = float(logp[tokenizer.convert_tokens_to_ids(label)] + logp[eos])
+            assert math.isclose(out["label_scores"][label], want, abs_tol=1e-3)
+
+
+@pytest.mark.parametrize("config", [LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
+def test_rank_scores_do_not_depend_on_batching(config, prompts):
+    model, tokenizer, kind = tiny(config)
+    pairs = [(p, label) for p in prompts[:5] for label in ("yes", "no", "maybe not")]
+    batched = score_candidates(model, tokenizer, pairs, batch_size=6, kind=kind)
+    single = [score_candidates(model, tokenizer, [pair], batch_size=1, kind=kind)[0] for pair in pairs]
+    assert batched == pytest.approx(single, rel=1e-5, abs=1e-4)
+    assert len({round(s, 3) for s in batched}) > 3
