@@ -85,6 +85,8 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert kind == "causal"
     assert len(tok2) == len(tok) and tok2.eos_token_id == tok.eos_token_id and tok2.pad_token_id == 0
     assert tok2.chat_template == tok.chat_template
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id == again.generation_config.eos_token_id == [tok.eos_token_id, eot]
     ids = torch.tensor([[101, 2054, 2003, 102]])
     model.eval()
     again.eval()

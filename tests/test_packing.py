@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from mixtune.train.collators import IGNORE_INDEX, tokenize_example
+from mixtune.errors import DataError
+from mixtune.train.collators import IGNORE_INDEX, prompt_ids, tokenize_example
 from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 from mixtune.train.packing import PackingCollator, block_causal_mask, pack_lengths
 
@@ -143,3 +144,10 @@ def test_block_causal_mask_small() -> None:
                        [0, 0, 1, 1, 0, 0],
                        [0, 0, 1, 1, 1, 0],
                        [0, 0, 0, 0, 0, 1]]
+
+
+def test_all_masked_packed_batch_is_an_error(examples) -> None:
+    _, tok = _model("sdpa")
+    ids = prompt_ids(tok, examples[0]["prompt"])
+    with pytest.raises(DataError, match="every label of this batch is -100"):
+        PackingCollator(tok, max_length=400)([{"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)}])

@@ -122,7 +122,8 @@ def _tokenized(features: Sequence[dict[str, Any]], tokenizer: Any, kind: str, ch
     return out
 
 
-def _check_mask(labels: torch.Tensor, features: Sequence[dict[str, Any]]) -> None:
+def check_loss_mask(labels: torch.Tensor, features: Sequence[dict[str, Any]] = ()) -> None:
+    """Raise DataError when no label of a batch is trained on (loss undefined, nothing learned)."""
     if bool((labels != IGNORE_INDEX).any()):
         return
     where = ", ".join(f"{f.get('task', '?')}#{f.get('position', f.get('instance_id', '?'))}" for f in features[:4])
@@ -158,7 +159,7 @@ class CompletionOnlyCollator:
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         examples = self.tokenize(features)
         batch = self._pad([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
-        _check_mask(batch["labels"], features)
+        check_loss_mask(batch["labels"], features)
         return batch
 
 
@@ -190,7 +191,7 @@ class Seq2SeqCollator:
         examples = self.tokenize(features)
         batch = self._pad([{"input_ids": e["input_ids"], "attention_mask": [1] * len(e["input_ids"]),
                             "labels": e["labels"]} for e in examples])
-        _check_mask(batch["labels"], features)
+        check_loss_mask(batch["labels"], features)
         if self._shift:
             batch["decoder_input_ids"] = shift_right(batch["labels"], self.decoder_start_token_id,
                                                      self.tokenizer.pad_token_id)

@@ -193,25 +193,37 @@ def _build_config(cfg: ModelConfig, tokenizer: Any) -> Any:
     return config
 
 
-def _set_special_ids(model: Any, tokenizer: Any, kind: Kind) -> None:
-    """Make config and generation config agree with the tokenizer's pad/eos/bos (and decoder start)."""
+def _set_special_ids(model: Any, tokenizer: Any, kind: Kind, *, fresh: bool) -> None:
+    """Make config and generation config agree with the tokenizer's pad/eos/bos (and decoder start).
+
+    A model built from a config (`fresh`) takes every id from the tokenizer; a pretrained one keeps
+    its own and only gets the missing ones. Generation stops at every EOS that the generation
+    config or the tokenizer names, and at the default chat template's end-of-turn token.
+    """
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
            "bos_token_id": tokenizer.bos_token_id}
     if kind == "seq2seq":
         start = getattr(model.config, "decoder_start_token_id", None)
         ids["decoder_start_token_id"] = start if start is not None else tokenizer.pad_token_id
+    text_config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else None
+    configs = [model.config] + ([text_config] if text_config is not None and text_config is not model.config else [])
     gen = getattr(model, "generation_config", None)
+    targets = configs + ([gen] if gen is not None else [])
     for key, value in ids.items():
         if value is None:
             continue
-        cfg_obj = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
-        for obj in {id(model.config): model.config, id(cfg_obj): cfg_obj}.values():
-            setattr(obj, key, value)
-        if gen is not None:
-            setattr(gen, key, value)
+        for obj in targets:
+            if fresh or getattr(obj, key, None) is None:
+                setattr(obj, key, value)
+    if gen is None:
+        return
     eot = end_of_turn_id(tokenizer) if getattr(tokenizer, "chat_template", None) else None
-    if gen is not None and eot is not None and eot != tokenizer.eos_token_id:
-        gen.eos_token_id = [tokenizer.eos_token_id, eot]
+    stops: list[int] = []
+    for value in (gen.eos_token_id, tokenizer.eos_token_id, eot):
+        for i in value if isinstance(value, list) else [value]:
+            if i is not None and i not in stops:
+                stops.append(i)
+    gen.eos_token_id = stops[0] if len(stops) == 1 else stops
 
 
 def _apply_lora(model: Any, spec: LoraSpec, kind: Kind) -> Any:
@@ -248,6 +260,8 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         kind = _detect_kind(config, cfg.kind)
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         model = auto.from_config(config, **extra)
+        if getattr(config, "max_position_embeddings", None):
+            tokenizer.model_max_length = config.max_position_embeddings  # the model's, not MiniLM's 512
     else:
         source = cfg.name_or_path
         assert source is not None
@@ -269,7 +283,7 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
 
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
-    _set_special_ids(model, tokenizer, kind)
+    _set_special_ids(model, tokenizer, kind, fresh=cfg.config is not None)
 
     if cfg.gradient_checkpointing:
         model.config.use_cache = False

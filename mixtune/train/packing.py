@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator, _check_mask
+from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator, check_loss_mask
 
 Strategy = Literal["balanced", "bfd"]
 
@@ -142,7 +142,7 @@ class PackingCollator:
                 position_ids[r, start:start + n] = torch.arange(n)
                 segments[r, start:start + n] = seg
                 start += n
-        _check_mask(labels, features)
+        check_loss_mask(labels, features)
         self.last_stats = PackingStats(examples=len(examples), rows=len(rows), row_length=length,
                                        useful_tokens=sum(lengths),
                                        trained_tokens=int((labels != IGNORE_INDEX).sum()))
