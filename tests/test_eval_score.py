@@ -234,3 +234,23 @@ def test_baseline_unknown_split(tmp_path) -> None:
     with pytest.raises(DataError, match="no split 'nope'"):
         write_baseline(open_collection_arg("bundled"), "copy_input", tmp_path / "x.jsonl", split="nope")
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_eval_run_flags_become_spec_overrides(tmp_path) -> None:
+    """`eval run`'s named flags reach the eval spec (after --set, so they win)."""
+    from mixtune.cli import build_parser
+    from mixtune.eval.cli import spec_overrides
+    from mixtune.eval.spec import load_eval_spec
+
+    args = build_parser().parse_args([
+        "eval", "run", str(tmp_path), "--out", str(tmp_path / "out"), "--collection", "bundled",
+        "--tasks", "task199_*,task1390_wscfixed_coreference", "--settings", "zero_shot,def_pos2",
+        "--max-instances", "7", "--batch-size", "4", "--max-new-tokens", "9", "--chat",
+        "--set", "max_new_tokens=1", "--set", "split=default",
+    ])
+    spec = load_eval_spec({}, spec_overrides(args))
+    assert spec.collection == "bundled" and spec.split == "default" and spec.chat is True
+    assert spec.tasks == ["task199_*", "task1390_wscfixed_coreference"]
+    assert spec.settings == ["zero_shot", "def_pos2"]
+    assert (spec.max_instances_per_task, spec.batch_size, spec.max_new_tokens) == (7, 4, 9)
+    assert spec.rank_classification is False  # not given: the spec's default stays

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--rouge-tokenizer", choices=("default", "multilingual"), default="default",
                        help=ROUGE_TOKENIZER_HELP)
     score.add_argument("--workers", type=int, default=None,
-                       help="processes to score with (default: 1, several for 20,000+ predictions)")
+                       help="processes to score with (default: 1; one process scores ~10,000 predictions/s)")
     score.add_argument("--json", action="store_true",
                        help='print {"overall", "per_category", "per_task"} as JSON on stdout')
     score.set_defaults(func=_score)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -173,16 +172,15 @@ def score_instances(
 ) -> tuple[list[float], list[float]]:
     """Per-instance exact match (0/1) and ROUGE-L F (0-1), each the maximum over the references.
 
-    `workers`: processes to score with; None picks several only for large inputs (>= 20,000 instances).
+    `workers`: processes to score with (default 1). Scoring runs at ~10,000 instances/s in one process, so
+    extra processes only pay off for very large files on an idle multi-core machine (bench/bench_eval.py).
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if rouge_tokenizer not in ROUGE_TOKENIZERS:
         raise ValueError(f"unknown ROUGE tokenizer {rouge_tokenizer!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
     n = len(predictions)
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if n >= 20_000 else 1
-    workers = max(1, min(workers, n // 1000 or 1))
+    workers = max(1, min(workers or 1, n // 1000 or 1))
     if workers == 1:
         return _score_chunk((list(predictions), [list(r) for r in references], rouge_tokenizer))
     size = math.ceil(n / workers)

@@ -255,7 +255,8 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
 
 def _labels(dirs: Sequence[str | Path]) -> list[str]:
     names = [Path(d).name or str(d) for d in dirs]
-    return [str(d) if names.count(n) > 1 else n for n, d in zip(names, dirs, strict=True)]
+    labels = [str(d) if names.count(n) > 1 else n for n, d in zip(names, dirs, strict=True)]
+    return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
 def compare(dirs: Sequence[str | Path], *, baselines: bool = False) -> str:
