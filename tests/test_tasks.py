@@ -216,3 +216,15 @@ def test_split_lists_are_stripped(tmp_path: Path, bundled_dir: Path) -> None:
     (folder / "test_tasks.txt").write_text("task_c\n")
     split = SuperNICollection(coll, tmp_path / "cache").split("mine")
     assert split.train == (TASK, "task_b") and split.test == ("task_c",) and split.excluded == ()
+
+
+def test_instances_without_ids_get_task_numbered_ids(tmp_path: Path) -> None:
+    (tmp_path / "coll" / "tasks").mkdir(parents=True)
+    task = {"Definition": "Say it.", "Instances": [{"input": "a", "output": ["x"]},
+                                                   {"id": "own", "input": "b", "output": ["y", "z"]},
+                                                   {"id": None, "input": "c", "output": ["w"]}]}
+    (tmp_path / "coll" / "tasks" / "t1.json").write_text(json.dumps(task))
+    c = SuperNICollection(tmp_path / "coll", tmp_path / "cache")
+    assert c.instances("t1").column("id").to_pylist() == ["t1-0", "own", "t1-2"]
+    assert c.info("t1").definition == "Say it." and c.info("t1").category == "Uncategorized"
+    assert c.instance("t1", 1).output == ("y", "z")

@@ -12,7 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from mixtune.errors import DataError
+from mixtune.tasks.schema import INSTANCE_SCHEMA
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 TASK_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
@@ -137,17 +141,43 @@ def instance_columns(instances: Any, *, task: str, path: str | Path, field: str 
     outputs: list[list[str]] = []
     for i, inst in enumerate(instances):
         if (not isinstance(inst, dict) or not isinstance(inst.get("input"), str)
-                or not isinstance(inst.get("id", ""), str)):
+                or not isinstance(inst.get("id") or "", str)):
             _bad_instance(inst, i, task=task, path=path, field=field, line_numbers=line_numbers)
         out = inst.get("output")
         if allow_string_output and isinstance(out, str):
             out = [out]
         elif not (isinstance(out, list) and out and all(isinstance(o, str) for o in out)):
             _bad_instance(inst, i, task=task, path=path, field=field, line_numbers=line_numbers)
-        ids.append(inst.get("id") or f"{task}-{i}")
+        ids.append(inst["id"] if inst.get("id") is not None else f"{task}-{i}")
         inputs.append(inst["input"])
         outputs.append(out)
     return ids, inputs, outputs
+
+
+def instance_table(instances: Any, *, task: str, path: str | Path, field: str = "Instances") -> pa.Table:
+    """Validate SuperNI instances into an INSTANCE_SCHEMA table.
+
+    Arrow converts the list of dicts in C++; only when that conversion fails or finds a null, an empty
+    output list or a non-list output does the per-instance check run, to name the bad instance.
+    """
+    if (isinstance(instances, list) and instances
+            and all(type(i) is dict and type(i.get("output")) is list for i in instances)):
+        try:
+            array = pa.array(instances, type=pa.struct(list(INSTANCE_SCHEMA)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            array = None
+        if array is not None:
+            ids, inputs, outputs = array.flatten()
+            lengths = pc.list_value_length(outputs)
+            if (not inputs.null_count and not outputs.null_count and pc.min(lengths).as_py() > 0
+                    and not pc.list_flatten(outputs).null_count):
+                if ids.null_count:
+                    ids = pa.array([v if v is not None else f"{task}-{i}" for i, v in enumerate(ids.to_pylist())],
+                                   pa.string())
+                return pa.Table.from_arrays([ids, inputs, outputs], schema=INSTANCE_SCHEMA)
+    ids_, inputs_, outputs_ = instance_columns(instances, task=task, path=path, field=field)
+    return pa.Table.from_arrays([pa.array(ids_, pa.string()), pa.array(inputs_, pa.string()),
+                                 pa.array(outputs_, pa.list_(pa.string()))], schema=INSTANCE_SCHEMA)
 
 
 def _bad_instance(inst: Any, i: int, *, task: str, path: str | Path, field: str,
@@ -160,7 +190,7 @@ def _bad_instance(inst: Any, i: int, *, task: str, path: str | Path, field: str,
     if not isinstance(inst.get("input"), str):
         raise DataError(f"{where}instance {i}{ident}: 'input' must be a string, got {_short(inst.get('input'))}",
                         path=path, field=f"{fld}.input")
-    if not isinstance(inst.get("id", ""), str):
+    if not isinstance(inst.get("id") or "", str):
         raise DataError(f"{where}instance {i}: 'id' must be a string, got {_short(inst.get('id'))}",
                         path=path, field=f"{fld}.id")
     out = inst.get("output")

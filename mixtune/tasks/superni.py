@@ -27,7 +27,7 @@ from typing import Any
 from mixtune.errors import DataError
 from mixtune.tasks import cache
 from mixtune.tasks.base import IndexedCollection
-from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_columns, parse_json
+from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_table, parse_json
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
 POOL_MIN_BYTES = 64 << 20  # index in worker processes only when this much JSON needs parsing
@@ -156,7 +156,7 @@ def parse_task_file(data: bytes, path: str | Path, task: str):
         raise DataError("the task has no 'Instances'", path=path, field="Instances",
                         hint='add "Instances": [{"id": ..., "input": ..., "output": [...]}, ...]')
     header = header_from(obj, path=path, require_definition=True, names=SUPERNI_FIELDS)
-    ids, inputs, outputs = instance_columns(obj.pop("Instances"), task=task, path=path)
-    header["num_instances"] = len(ids)
+    table = instance_table(obj.pop("Instances"), task=task, path=path)
+    header["num_instances"] = table.num_rows
     header["extra"] = {k: v for k, v in obj.items() if k not in SUPERNI_FIELDS}
-    return header, cache.build_table(ids, inputs, outputs)
+    return header, table
