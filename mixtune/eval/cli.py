@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from mixtune.errors import ConfigError
@@ -178,9 +179,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 def spec_overrides(args: argparse.Namespace) -> list[str]:
     """`eval run`'s named flags as eval-spec `key=value` overrides (after the --set ones)."""
+    ctype = args.collection_type
+    if ctype is None and args.collection and str(args.collection).endswith((".jsonl", ".json")) \
+            and Path(args.collection).is_file():
+        ctype = "jsonl"  # as `eval score` / `eval baseline` infer it
     fields: dict[str, Any] = {
         "collection": args.collection,
-        "type": args.collection_type,
+        "type": ctype,
         "split": args.split,
         "tasks": args.tasks,
         "settings": args.settings,
