@@ -254,3 +254,19 @@ def test_eval_run_flags_become_spec_overrides(tmp_path) -> None:
     assert spec.settings == ["zero_shot", "def_pos2"]
     assert (spec.max_instances_per_task, spec.batch_size, spec.max_new_tokens) == (7, 4, 9)
     assert spec.rank_classification is False  # not given: the spec's default stays
+
+
+def test_multilingual_tokenizer_from_the_cli(tmp_path, capsys) -> None:
+    path = tmp_path / "zh.jsonl"
+    path.write_text(json.dumps({"Task": "t_zh", "Categories": ["Translation"],
+                                "Instance": {"input": "Tokyo is big", "output": ["东京很大"]},
+                                "prediction": "东京很小"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert main(["eval", "score", str(path), "--json"]) == 0
+    default = capsys.readouterr()
+    assert json.loads(default.out)["overall"]["rougeL"] == 0.0  # rouge-score's tokenizer drops Han characters
+    assert "ROUGE tokenizer: default" in default.err
+    assert main(["eval", "score", str(path), "--json", "--rouge-tokenizer", "multilingual"]) == 0
+    multi = capsys.readouterr()
+    assert json.loads(multi.out)["overall"]["rougeL"] == 75.0  # 3 of 4 characters in common: P = R = 3/4
+    assert "ROUGE tokenizer: multilingual" in multi.err
+    assert score_file_details(path, rouge_tokenizer="multilingual").to_json()["rouge_tokenizer"] == "multilingual"
