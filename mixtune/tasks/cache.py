@@ -61,16 +61,26 @@ def build_table(ids: list[str], inputs: list[str], outputs: list[list[str]]) -> 
     )
 
 
-def write_instances(root: Path, key: str, table: pa.Table, header: dict[str, Any]) -> Path:
-    """Write a task's instances and header atomically as `<key>.arrow`; returns its path."""
+def serialize_instances(table: pa.Table, header: dict[str, Any]) -> pa.Buffer:
+    """A task's instances and header as the bytes of an Arrow IPC file."""
     table = table.cast(INSTANCE_SCHEMA).replace_schema_metadata(
         {HEADER_KEY: json.dumps(header, ensure_ascii=False).encode("utf-8")})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=64 * 1024)
+    return sink.getvalue()
+
+
+def write_buffer(root: Path, key: str, data: pa.Buffer) -> Path:
+    """Write serialized instances atomically as `<key>.arrow`; returns its path."""
     path = instances_path(root, key)
-    atomic_write_bytes(path, memoryview(sink.getvalue()))  # type: ignore[arg-type]
+    atomic_write_bytes(path, memoryview(data))  # type: ignore[arg-type]
     return path
+
+
+def write_instances(root: Path, key: str, table: pa.Table, header: dict[str, Any]) -> Path:
+    """Write a task's instances and header atomically as `<key>.arrow`; returns its path."""
+    return write_buffer(root, key, serialize_instances(table, header))
 
 
 def read_header(path: Path) -> dict[str, Any] | None:

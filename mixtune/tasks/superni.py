@@ -7,7 +7,8 @@ JSON parsing or hashing. A file whose size or mtime changed is hashed again and,
 changed, parsed again. A file modified within two seconds of its hashing is re-checked by hash on the
 next open, since a coarse file-system clock could hide a second change with the same size and mtime.
 
-Files are indexed one at a time (a worker process holds at most one parsed task file), in a pool of
+Files are indexed one at a time (a worker process holds at most one parsed task file; a writer
+thread writes and fsyncs the previous one meanwhile), in a pool of
 up to two spawned processes (`workers=`, env MIXTUNE_INDEX_WORKERS) when at least 64 MB of JSON
 needs indexing; as with any multiprocessing, a script that opens a large unindexed collection should
 guard its entry point with `if __name__ == "__main__":` (otherwise indexing falls back to one process).
@@ -19,7 +20,8 @@ import multiprocessing
 import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from mixtune.tasks.base import IndexedCollection
 from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_table, parse_json
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
+CHUNK = 16  # task files per worker job
 POOL_MIN_BYTES = 64 << 20  # index in worker processes only when this much JSON needs parsing
 
 
@@ -101,18 +104,19 @@ class SuperNICollection(IndexedCollection):
             workers = int(os.environ.get("MIXTUNE_INDEX_WORKERS", 0)) or min(2, os.cpu_count() or 1)
             workers = workers if total_bytes >= POOL_MIN_BYTES else 1
         if workers <= 1 or len(jobs) < 2:
-            return [index_task_file(*job) for job in jobs]
+            return index_task_files(jobs)
         ctx = multiprocessing.get_context("spawn")
+        chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                return list(pool.map(index_task_file, *zip(*jobs, strict=True), chunksize=4))
+                return [res for part in pool.map(index_task_files, chunks) for res in part]
         except BrokenProcessPool:
             # Spawned workers re-import the main script; without an `if __name__ == "__main__":`
             # guard (or from stdin) they die. Index here instead: finished entries are reused.
             warnings.warn("task indexing workers failed to start; indexing in this process "
                           "(guard your script with `if __name__ == '__main__':` or pass workers=1)",
                           RuntimeWarning, stacklevel=3)
-            return [index_task_file(*job) for job in jobs]
+            return index_task_files(jobs)
 
     def _reindex(self, task: str) -> None:
         res = index_task_file(str(self.tasks_dir / f"{task}.json"), str(self.cache_root), task, None)
@@ -121,11 +125,34 @@ class SuperNICollection(IndexedCollection):
         self._add(task, res["key"], res["header"])
 
 
-def index_task_file(file: str, root: str, task: str, known_key: str | None) -> dict[str, Any]:
+def index_task_files(jobs: list[tuple]) -> list[dict[str, Any]]:
+    """`index_task_file` for each job, with the cache writes (and their fsync) in a background thread.
+
+    Parsing the next file overlaps with writing the previous one; at most two serialized tasks wait
+    for the writer, and every write has finished when this returns.
+    """
+    results = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: deque = deque()
+
+        def submit(fn, *args):
+            while len(pending) >= 2:
+                pending.popleft().result()
+            pending.append(writer.submit(fn, *args))
+
+        for job in jobs:
+            results.append(index_task_file(*job, submit=submit))
+        for future in pending:
+            future.result()
+    return results
+
+
+def index_task_file(file: str, root: str, task: str, known_key: str | None, *, submit=None) -> dict[str, Any]:
     """Hash one task file and, unless its instance file exists already, parse and cache it.
 
     Returns {"key", "header" (None when `known_key` matched), "parsed", "verified_ns"} or {"error": ...}
-    (errors travel as plain tuples, so this also works in a worker process).
+    (errors travel as plain tuples, so this also works in a worker process). With `submit`, the
+    cache write is handed to it (`submit(fn, *args)`) instead of being done here.
     """
     verified_ns = time.time_ns()
     try:
@@ -139,11 +166,17 @@ def index_task_file(file: str, root: str, task: str, known_key: str | None) -> d
         if out["header"] is None:
             header, table = parse_task_file(data, file, task)
             del data
-            cache.write_instances(Path(root), key, table, header)
+            data = cache.serialize_instances(table, header)
+            del table
+            (submit or _call)(cache.write_buffer, Path(root), key, data)
             out["header"], out["parsed"] = header, 1
         return out
     except DataError as e:
         return {"error": (e.message, e.path, e.field, e.hint)}
+
+
+def _call(fn, *args):
+    return fn(*args)
 
 
 def parse_task_file(data: bytes, path: str | Path, task: str):
