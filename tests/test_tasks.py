@@ -184,6 +184,13 @@ def test_cleaned_cache_entry_is_rebuilt(tmp_path: Path, bundled_dir: Path) -> No
     for manifest in cache_dir.rglob("collections/*.json"):
         manifest.write_text("{not json")
     assert SuperNICollection(coll, cache_dir).index_stats["parsed"] == 0  # instance files reused by hash
+    for manifest in cache_dir.rglob("collections/*.json"):  # valid JSON, damaged entries
+        data = json.loads(manifest.read_text())
+        data["entries"] = {name: {"size": 1} for name in data["entries"]}
+        manifest.write_text(json.dumps(data))
+    again = SuperNICollection(coll, cache_dir)
+    assert again.index_stats == {"tasks": 1, "checked": 1, "parsed": 0}
+    assert again.info(TASK).num_instances == 43
 
 
 def test_same_content_shares_the_instance_file(tmp_path: Path, bundled_dir: Path) -> None:

@@ -110,7 +110,8 @@ def load_manifest(path: Path, ident: str) -> dict[str, Any]:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or data.get("ident") != ident or data.get("version") != FORMAT_VERSION:
+    if (not isinstance(data, dict) or data.get("ident") != ident or data.get("version") != FORMAT_VERSION
+            or not isinstance(data.get("entries"), dict)):
         return {}
     return data
 

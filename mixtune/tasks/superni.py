@@ -32,6 +32,7 @@ from mixtune.tasks.base import IndexedCollection
 from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_table, parse_json
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
+ENTRY_KEYS = frozenset({"size", "mtime_ns", "key", "verified_ns", "header"})
 CHUNK = 16  # task files per worker job
 POOL_MIN_BYTES = 64 << 20  # index in worker processes only when this much JSON needs parsing
 
@@ -71,6 +72,8 @@ class SuperNICollection(IndexedCollection):
                 check_task_name(fname[:-5], path=self.tasks_dir / fname, field="file name")
             st = entry.stat()
             e = old.get(fname)
+            if not isinstance(e, dict) or not e.keys() >= ENTRY_KEYS:
+                e = None  # no entry, or one a damaged manifest left incomplete
             if (e is not None and e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns
                     and st.st_mtime_ns < e["verified_ns"] - RACY_NS):
                 entries[fname] = e
@@ -156,7 +159,10 @@ def index_task_file(file: str, root: str, task: str, known_key: str | None, *, s
     """
     verified_ns = time.time_ns()
     try:
-        data = Path(file).read_bytes()
+        try:
+            data = Path(file).read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read the task file: {e.strerror}", path=file) from None
         key = cache.content_hash(task, data)
         out = {"key": key, "header": None, "parsed": 0, "verified_ns": verified_ns}
         target = cache.instances_path(Path(root), key)
