@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", path=path, hint="check the path") from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, expected a YAML file", path=path, hint="check the path") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text ({e.reason})", path=path) from None
     try:
@@ -44,11 +47,33 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         line = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{line}invalid YAML: {problem}", path=path) from None
+    if _SURROGATE_ESCAPE.search(text):
+        _check_no_lone_surrogates(data, path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level, got {type(data).__name__}", path=path)
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\(u|U0000)[dD][89a-fA-F]")
+
+
+def _check_no_lone_surrogates(node: Any, path: Path) -> None:
+    """A `\\ud800`-style escape decodes to a lone surrogate, which is not text: refuse it here."""
+    if isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"the string {node!r} holds an unpaired UTF-16 surrogate escape, which is not text",
+                              path=path, hint="fix or remove the broken \\u escape") from None
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            _check_no_lone_surrogates(key, path)
+            _check_no_lone_surrogates(value, path)
+    elif isinstance(node, list):
+        for value in node:
+            _check_no_lone_surrogates(value, path)
 
 
 def _field_path(loc: Iterable[Any]) -> str:

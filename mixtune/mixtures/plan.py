@@ -12,12 +12,14 @@ import numpy as np
 import pyarrow as pa
 
 from mixtune.encodings import EncodingSpec, encode_prompt, pick_reference
-from mixtune.errors import DataError, HeldOutError
+from mixtune.errors import ConfigError, DataError, HeldOutError
 from mixtune.mixtures.rates import mixing_rates, nest
 from mixtune.mixtures.sampler import SampleIndex, build_index, capped_pool, position_seed, stable_key
 from mixtune.mixtures.selection import held_out_tasks, select_tasks
 from mixtune.mixtures.spec import MixtureSpec, SourceSpec
 from mixtune.tasks.schema import TaskCollection, TaskInfo
+
+MAX_EXAMPLES = 2**32  # the sample index keeps 12 bytes per example in memory (~50 GB at this bound)
 
 #: Bumped whenever the sampling algorithm changes what a (mixture, seed, position) yields.
 SAMPLER_VERSION = 1
@@ -197,7 +199,12 @@ def plan_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> MixtureP
     if spec.total_examples is not None:
         total = spec.total_examples
     else:
-        total = int(round(float(spec.epochs) * sum(len(t.pool) for t in tasks)))
+        total = float(spec.epochs) * sum(len(t.pool) for t in tasks)
+    if total > MAX_EXAMPLES:  # the index holds 12 bytes per example in memory
+        field = "total_examples" if spec.total_examples is not None else "epochs"
+        raise ConfigError(f"the mixture would have {total:.3g} examples, more than the {MAX_EXAMPLES:,} a plan holds",
+                          path=spec.path, field=field, hint="lower it; train for several runs if you need more")
+    total = int(round(total))
     index = build_index(rates, [t.pool for t in tasks], total, spec.seed,
                         [stable_key(f"{t.source}\0{t.name}") for t in tasks])
     return MixturePlan(spec, tasks, index, held, collections)

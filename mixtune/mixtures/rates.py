@@ -35,10 +35,15 @@ def mixing_rates(
     sizes = np.asarray(num_instances, dtype=np.float64)
     if cap is not None:
         sizes = np.minimum(sizes, float(cap))
-    scores = sizes ** (1.0 / temperature)
-    if weights is not None:
-        scores = scores * np.asarray(weights, dtype=np.float64)
-    total = scores.sum()
+    w = np.ones_like(sizes) if weights is None else np.asarray(weights, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scores = sizes ** (1.0 / temperature) * w
+        total = scores.sum()
+    if not np.isfinite(total):  # overflow (tiny temperature, huge weights): normalise in log space instead
+        with np.errstate(divide="ignore"):
+            logs = np.log(sizes) / temperature + np.log(w)
+        scores = np.exp(logs - logs.max()) if np.isfinite(logs.max()) else np.zeros_like(sizes)
+        total = scores.sum()
     if not total > 0:
         raise ValueError("every task has size or weight 0: nothing to sample")
     return scores / total
