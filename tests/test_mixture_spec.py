@@ -154,3 +154,20 @@ def test_shipped_mixtures_load(repo_root):
     assert spec.epochs == 2
     for path in folder.glob("*.yaml"):
         assert path.read_text().startswith("# "), f"{path.name} needs a header comment"
+
+
+def test_two_sources_with_a_jsonl_file_relative_to_the_yaml(tmp_path):
+    lines = [{"task": "my_upper", "definition": "Write the input in capitals."}]
+    lines += [{"task": "my_upper", "input": w, "output": w.upper()} for w in ("cat", "dog", "owl", "elk")]
+    lines += [{"task": "my_reverse", "definition": "Reverse the word.", "input": "abc", "output": "cba"}]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mine.jsonl").write_text("\n".join(__import__("json").dumps(x) for x in lines) + "\n")
+    path = _yaml(tmp_path, GOOD + "    tasks: {include: [task1146_country_capital]}\n"
+                 "  - {name: mine, type: jsonl, path: data/mine.jsonl, weight: 3.0}\n")
+    plan = plan_mixture(load_mixture(path))
+    by_source = {t.name: t.source for t in plan.tasks}
+    assert by_source == {"task1146_country_capital": "superni", "my_upper": "mine", "my_reverse": "mine"}
+    examples = [e for e in plan.iter_examples() if e["source"] == "mine"]
+    assert examples and all(e["prompt"].startswith("Definition: ") for e in examples)
+    assert {e["completion"] for e in examples if e["task"] == "my_upper"} <= {"CAT", "DOG", "OWL", "ELK"}

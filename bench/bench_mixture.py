@@ -1,0 +1,206 @@
+"""Benchmark the mixture builder on a synthetic SuperNI-size collection, against a straightforward baseline.
+
+A synthetic SuperNI-format collection (1,600 tasks, log-normal sizes, >= 800,000 instances; see
+bench/synthetic_superni.py) is written once, then each phase runs in its own child process so that its
+peak RSS is its own:
+
+  (a) index     first `open_collection` on a cold cache (parse every task file once into Arrow)
+  (b) reopen    `open_collection` again with the warm cache
+  (c) build     `load_mixture` + `plan_mixture` + `build_mixture`: 100,000 examples of the default split's
+                train tasks, cap 500, temperature 2, Tk-Instruct definition + 2 positive examples
+  baseline      json-load every train task, take the same capped pools, one `datasets.Dataset` per task,
+                `datasets.interleave_datasets` (iterable, same probabilities and seed) stopped at 100,000,
+                the same prompt formatting, `save_to_disk`
+
+Times are measured inside the child (interpreter start-up and imports excluded).
+
+    python bench/bench_mixture.py [--work /tmp/mixtune-bench] [--tasks 1600] [--instances 800000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MIXTURE = """\
+name: bench
+seed: 0
+total_examples: {examples}
+temperature: {temperature}
+max_instances_per_task: {cap}
+sources:
+  - name: synthetic
+    type: superni
+    path: {root}
+    split: default
+    encoding: {{definition: true, pos_examples: 2}}
+"""
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def phase_index(args: argparse.Namespace) -> dict:
+    from mixtune.tasks import open_collection
+
+    start = time.perf_counter()
+    collection = open_collection("superni", args.root, cache_dir=args.cache)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "tasks": len(collection.task_names())}
+
+
+def phase_build(args: argparse.Namespace) -> dict:
+    import datasets  # noqa: F401  (imported before timing, as in the baseline)
+
+    from mixtune.mixtures import build_mixture, load_mixture, plan_mixture
+
+    start = time.perf_counter()
+    plan = plan_mixture(load_mixture(args.mixture), cache_dir=args.cache)
+    planned = time.perf_counter()
+    build_mixture(plan, args.out)
+    end = time.perf_counter()
+    json_path = Path(args.out) / "plan_rates.json"
+    json_path.write_text(json.dumps({"tasks": [[t.name, t.rate, t.pool.tolist()] for t in plan.tasks]}))
+    return {"wall_s": end - start, "plan_s": planned - start, "write_s": end - planned, "examples": len(plan),
+            "tasks": len(plan.tasks)}
+
+
+def phase_baseline(args: argparse.Namespace) -> dict:
+    """The straightforward way: json-load, per-task datasets, interleave_datasets, format, save_to_disk."""
+    import datasets
+
+    from mixtune.encodings import EncodingSpec, encode_prompt
+    from mixtune.tasks.schema import Demonstration, TaskInfo
+
+    # same tasks, rates and capped pools as the mixtune plan (read from the build phase's output)
+    plan = json.loads((Path(args.plan_out) / "plan_rates.json").read_text())
+    start = time.perf_counter()
+    spec = EncodingSpec(definition=True, pos_examples=2)
+    infos, per_task = {}, []
+    for name, _, pool in plan["tasks"]:
+        with open(Path(args.root) / "tasks" / f"{name}.json", encoding="utf-8") as f:
+            data = json.load(f)
+        instances = data["Instances"]
+        demos = tuple(Demonstration(d["input"], d["output"], d.get("explanation", ""))
+                      for d in data["Positive Examples"])
+        infos[name] = TaskInfo(name=name, definition=data["Definition"][0], positive_examples=demos,
+                               categories=tuple(data["Categories"]), num_instances=len(instances))
+        rows = [instances[i] for i in pool]
+        per_task.append(datasets.Dataset.from_dict({
+            "task": [name] * len(rows), "id": [r["id"] for r in rows], "input": [r["input"] for r in rows],
+            "output": [r["output"] for r in rows]}).to_iterable_dataset())
+    loaded = time.perf_counter()
+    probabilities = [rate for _, rate, _ in plan["tasks"]]
+    mixed = datasets.interleave_datasets(per_task, probabilities=probabilities, seed=0,
+                                         stopping_strategy="all_exhausted").take(args.examples)
+    records = []
+    for i, ex in enumerate(mixed):
+        info = infos[ex["task"]]
+        records.append({"prompt": encode_prompt(info, ex["input"], spec), "completion": ex["output"][0],
+                        "task": ex["task"], "category": info.category, "source": "synthetic", "position": i,
+                        "instance_id": ex["id"], "references": ex["output"]})
+    datasets.Dataset.from_list(records).save_to_disk(args.out)
+    end = time.perf_counter()
+    return {"wall_s": end - start, "load_s": loaded - start, "examples": len(records)}
+
+
+PHASES = {"index": phase_index, "reopen": phase_index, "build": phase_build, "baseline": phase_baseline}
+
+
+def run_child(phase: str, **kwargs: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", phase]
+    for key, value in kwargs.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {phase} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mixtune-bench"))
+    parser.add_argument("--tasks", type=int, default=1600)
+    parser.add_argument("--instances", type=int, default=800_000)
+    parser.add_argument("--examples", type=int, default=100_000)
+    parser.add_argument("--cap", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--skip-baseline", action="store_true")
+    # child-process arguments
+    parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--mixture", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--plan-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.phase:
+        result = PHASES[args.phase](args)
+        result["peak_rss_mb"] = _peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    sys.path.insert(0, str(HERE))
+    from synthetic_superni import write_synthetic_collection
+
+    work = args.work
+    root = work / f"superni-{args.tasks}-{args.instances}"
+    if not (root / "splits" / "default" / "train_tasks.txt").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        start = time.perf_counter()
+        write_synthetic_collection(root, num_tasks=args.tasks, total_instances=args.instances)
+        print(f"wrote the synthetic collection in {time.perf_counter() - start:.1f} s", flush=True)
+    files = list((root / "tasks").glob("*.json"))
+    size_gb = sum(f.stat().st_size for f in files) / 1e9
+    cache = work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    mixture = work / "bench.yaml"
+    mixture.write_text(MIXTURE.format(examples=args.examples, temperature=args.temperature, cap=args.cap, root=root))
+    out, base_out = work / "built", work / "baseline"
+    for folder in (out, base_out):
+        shutil.rmtree(folder, ignore_errors=True)
+
+    results = {
+        "index": run_child("index", root=root, cache=cache),
+        "reopen": run_child("reopen", root=root, cache=cache),
+        "build": run_child("build", root=root, cache=cache, mixture=mixture, out=out),
+    }
+    if not args.skip_baseline:
+        results["baseline"] = run_child("baseline", root=root, out=base_out, plan_out=out,
+                                        examples=args.examples)
+
+    print(f"\ncollection: {len(files)} task files, {args.instances:,} instances requested, {size_gb:.2f} GB of JSON; "
+          f"mixture: {results['build']['tasks']} train tasks, cap {args.cap}, temperature {args.temperature}, "
+          f"{args.examples:,} examples; {os.cpu_count()} CPU cores")
+    print(f"{'phase':<34}{'wall (s)':>10}{'peak RSS (MB)':>15}")
+    labels = {"index": "(a) first indexing", "reopen": "(b) warm re-open",
+              "build": "(c) build mixture (plan + write)", "baseline": "baseline (json + interleave_datasets)"}
+    for key, r in results.items():
+        print(f"{labels[key]:<34}{r['wall_s']:>10.2f}{r['peak_rss_mb']:>15.0f}")
+    b = results["build"]
+    print(f"  (c) split: plan {b['plan_s']:.2f} s, format + write {b['write_s']:.2f} s")
+    if "baseline" in results:
+        base = results["baseline"]
+        print(f"  baseline split: json-load + per-task datasets {base['load_s']:.2f} s, "
+              f"interleave + format + write {base['wall_s'] - base['load_s']:.2f} s")
+        print(f"build speed-up vs baseline: {base['wall_s'] / b['wall_s']:.1f}x "
+              f"(including first indexing: {base['wall_s'] / (b['wall_s'] + results['index']['wall_s']):.1f}x); "
+              f"peak RSS ratio: {base['peak_rss_mb'] / b['peak_rss_mb']:.1f}x")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
