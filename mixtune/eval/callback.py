@@ -137,9 +137,9 @@ class HeldOutEvalCallback(TrainerCallback):
 
 def _share(obj: Any) -> Any:
     """The main process's `obj` on every process (a no-op in a single process)."""
-    from accelerate import PartialState
+    from mixtune.eval.generation import process_state
 
-    state = PartialState()
+    state = process_state()
     if state.num_processes == 1:
         return obj
     from accelerate.utils import broadcast_object_list

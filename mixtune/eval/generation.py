@@ -22,6 +22,13 @@ import torch
 OnBatch = Callable[[list[int], list[str]], None]
 
 
+def process_state() -> Any:
+    """accelerate's PartialState; without CUDA, processes started by a launcher join over gloo on CPU."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def model_kind(model: Any) -> str:
     """'seq2seq' for encoder-decoder models, else 'causal'."""
     config = getattr(model, "config", None)
@@ -138,9 +145,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: 
 
     rank, world, is_main = 0, 1, True
     if distributed:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         rank, world, is_main = state.process_index, state.num_processes, state.is_local_main_process
     share = shard_for_process(order, rank, world) if world > 1 else order
     synced = world > 1 and _zero3_enabled()

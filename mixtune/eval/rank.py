@@ -19,6 +19,7 @@ from mixtune.eval.generation import (
     model_device,
     model_kind,
     pad_batch,
+    process_state,
     shard_for_process,
     special_ids,
 )
@@ -43,9 +44,7 @@ def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]
 
     rank, world = 0, 1
     if distributed:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         rank, world = state.process_index, state.num_processes
     share = shard_for_process(order, rank, world) if world > 1 else order
 

@@ -149,14 +149,12 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     Under several accelerate processes every process generates its share; the main process writes
     and returns the metrics (the others return {}).
     """
-    from accelerate import PartialState
-
     from mixtune.eval.evalsets import build_eval_set, label_set, resolve_tasks
-    from mixtune.eval.generation import generate
+    from mixtune.eval.generation import generate, process_state
     from mixtune.eval.metrics import compute_scores
     from mixtune.eval.predictions import task_categories, write_predictions
 
-    state = PartialState()
+    state = process_state()
     out_dir = Path(out_dir)
     model_name = str(model) if isinstance(model, (str, Path)) else getattr(getattr(model, "config", None),
                                                                            "_name_or_path", type(model).__name__)

@@ -1,0 +1,91 @@
+"""Two-process evaluation (accelerate launch, gloo on CPU): gathered predictions equal one process's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixtune.eval.runner import run_eval
+from mixtune.eval.spec import EvalSpec
+
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+# 3 tasks x 3 instances = 9 prompts: an uneven split over 2 processes (5 + 4, the short share padded)
+SPEC = {"tasks": ["task199_mnli_classification", "task1390_wscfixed_coreference", "task288_gigaword_summarization"],
+        "max_instances_per_task": 3, "settings": ["zero_shot"], "max_new_tokens": 6, "batch_size": 2,
+        "max_source_length": 160, "rank_classification": True}
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    from mixtune.eval.generation import generate, process_state
+    from mixtune.eval.runner import run_eval
+    from mixtune.eval.spec import EvalSpec
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    model_dir, out_dir, spec_json, prompts_json = sys.argv[1:5]
+    state = process_state()
+    assert state.num_processes == 2, state
+    model, tokenizer, kind = load_model_and_tokenizer(ModelConfig(name_or_path=model_dir))
+    metrics = run_eval(model, EvalSpec(**json.loads(spec_json)), out_dir, tokenizer=tokenizer, baselines=False,
+                       progress=False)
+    assert bool(metrics) == state.is_main_process
+    prompts = json.loads(prompts_json)
+    texts = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=5, progress=False)
+    with open(f"{out_dir}/generate.rank{state.process_index}.json", "w") as f:
+        json.dump(texts, f)
+""")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    torch.manual_seed(1)
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    path = tmp_path_factory.mktemp("tiny-llama-dist")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.integration
+def test_two_process_evaluation_equals_single_process(model_dir, tmp_path):
+    from mixtune.eval.generation import generate
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    prompts = [f"Input: {'word ' * (i * 5 % 17)}item {i}.\nOutput: " for i in range(7)]  # 7: uneven again
+    single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)))
+    single = run_eval(model, EvalSpec(**SPEC), single_dir, tokenizer=tokenizer, baselines=False, progress=False)
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(script), str(model_dir), str(multi_dir), json.dumps(SPEC), json.dumps(prompts)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    def lines(path: Path) -> list[dict]:
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    assert lines(multi_dir / "predictions.jsonl") == lines(single_dir / "predictions.jsonl")
+    assert len(lines(multi_dir / "predictions.jsonl")) == 9
+    assert lines(multi_dir / "rank_classification.zero_shot.jsonl") == lines(
+        single_dir / "rank_classification.zero_shot.jsonl")
+    multi = json.loads((multi_dir / "metrics.json").read_text())
+    for key in ("overall", "per_category", "per_task", "rank_classification"):
+        assert multi[key] == single[key]
+
+    expected = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=5, progress=False,
+                        distributed=False)
+    for rank in (0, 1):  # every process gets the full, ordered list
+        assert json.loads((multi_dir / f"generate.rank{rank}.json").read_text()) == expected
