@@ -132,3 +132,23 @@ def test_trust_remote_code_warns(tmp_path) -> None:
     tok.save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="trust_remote_code"):
         load_model_and_tokenizer(ModelConfig(name_or_path=str(tmp_path), trust_remote_code=True))
+
+
+def test_init_from_warm_starts_matching_tensors() -> None:
+    from safetensors.torch import load_file
+
+    from mixtune.train.modeling import _minilm_path
+
+    bert = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 1, "num_attention_heads": 12,
+            "intermediate_size": 1536, "is_decoder": True}
+    model, tok, kind = load_model_and_tokenizer(ModelConfig(config=bert, init_from="minilm"))
+    assert kind == "causal"
+    minilm = load_file(f"{_minilm_path()}/model.safetensors")
+    name = "embeddings.word_embeddings.weight"
+    assert torch.equal(model.bert.embeddings.word_embeddings.weight, minilm[name])
+    assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
+                       minilm["encoder.layer.0.attention.self.query.weight"])
+    with pytest.raises(ConfigError, match="model.init_from"):
+        load_model_and_tokenizer(ModelConfig(config=LLAMA, init_from="minilm"))  # nothing matches
+    with pytest.raises(ConfigError, match="init_from"):
+        validate(ModelConfig, {"name_or_path": "x", "init_from": "minilm"}, "r.yaml")

@@ -87,12 +87,21 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = Field(
         False, description="Allow model code from the hub repository to run (only for repositories you trust)."
     )
+    init_from: str | None = Field(
+        None,
+        description="Warm-start a `config`-built model from the safetensors weights of this folder or file "
+        "('minilm' for the bundled MiniLM encoder): every tensor whose name (ignoring the model's base prefix, "
+        "e.g. 'model.' or 'bert.') and shape match is copied, the rest stays randomly initialised.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if (self.name_or_path is None) == (self.config is None):
             raise ValueError("set exactly one of model.name_or_path (hub name or folder) and model.config "
                              "(a config dict that builds a new model)")
+        if self.init_from is not None and self.config is None:
+            raise ValueError("model.init_from warm-starts a model built from model.config; with name_or_path "
+                             "the weights already come from the checkpoint")
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("model.config needs a model_type (e.g. llama, qwen2, t5)")
         return self
@@ -226,6 +235,41 @@ def _set_special_ids(model: Any, tokenizer: Any, kind: Kind, *, fresh: bool) -> 
     gen.eos_token_id = stops[0] if len(stops) == 1 else stops
 
 
+def warm_start(model: Any, source: str) -> int:
+    """Copy the tensors of a safetensors folder/file into `model` where names and shapes match.
+
+    Names are compared without the model's base prefix (`model.base_model_prefix`, e.g. 'bert.').
+    Returns the number of tensors copied; raises ConfigError when none matches.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(_resolve(source))
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"no .safetensors weights at {str(path)!r}", field="model.init_from",
+                          hint="give a save_pretrained folder, a .safetensors file or 'minilm'")
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+
+    def key(name: str) -> str:
+        return name[len(prefix):] if prefix != "." and name.startswith(prefix) else name
+
+    state = model.state_dict()
+    targets = {key(name): name for name in state}
+    copied = 0
+    with torch.no_grad():
+        for file in files:
+            for name, tensor in load_file(str(file)).items():
+                target = targets.get(key(name))
+                if target is not None and state[target].shape == tensor.shape:
+                    state[target].copy_(tensor.to(state[target].dtype))
+                    copied += 1
+    if not copied:
+        raise ConfigError(f"no tensor of {source!r} matches a parameter of the model by name and shape",
+                          field="model.init_from", hint="use weights of the same architecture and sizes as model.config")
+    return copied
+
+
 def _apply_lora(model: Any, spec: LoraSpec, kind: Kind) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -260,6 +304,8 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         kind = _detect_kind(config, cfg.kind)
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         model = auto.from_config(config, **extra)
+        if cfg.init_from is not None:
+            warm_start(model, cfg.init_from)
         if getattr(config, "max_position_embeddings", None):
             tokenizer.model_max_length = config.max_position_embeddings  # the model's, not MiniLM's 512
     else:
