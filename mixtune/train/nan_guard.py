@@ -1,0 +1,88 @@
+"""Stop (or skip) an optimizer step whose loss or gradients are NaN/inf, naming the step and its tasks.
+
+`NanGuardCallback` looks at the gradients right before every optimizer step (after clipping, in
+`on_pre_optimizer_step`), so a non-finite loss never reaches the weights:
+
+- `stop`: raise a MixtuneError naming the step and the tasks of that step's batch (from the mixture
+  plan and the stream position), before the weights change; the last checkpoint stays good;
+- `skip`: drop the step's gradients (the optimizer leaves every parameter and its moments alone),
+  log the same message, and go on; more than `max_consecutive_skips` skipped steps in a row stop
+  the run, since then the model itself has diverged.
+
+Under DeepSpeed the gradients live in the engine's partitions, not in `param.grad`; there the
+guard sees no gradients and the loss check of the text log (`training.on_nan`) applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Literal
+
+import torch
+from transformers import TrainerCallback
+
+from mixtune.errors import MixtuneError
+
+logger = logging.getLogger(__name__)
+
+NanPolicy = Literal["stop", "skip"]
+
+
+class NonFiniteLossError(MixtuneError):
+    """The loss or the gradients of a training step are NaN or infinite."""
+
+
+class NanGuardCallback(TrainerCallback):
+    """Check every step's gradients before the optimizer applies them (see the module doc)."""
+
+    def __init__(self, plan: Any, *, policy: NanPolicy = "stop", start_step: int = 0, start_position: int = 0,
+                 global_batch_size: int, max_consecutive_skips: int = 10) -> None:
+        if policy not in ("stop", "skip"):
+            raise ValueError(f"unknown NaN policy {policy!r} (stop or skip)")
+        self.plan = plan
+        self.policy = policy
+        self.start_step = start_step
+        self.start_position = start_position
+        self.global_batch_size = global_batch_size
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped: list[int] = []
+        self._consecutive = 0
+
+    def batch_tasks(self, step: int) -> Counter[str]:
+        """Task -> number of examples in the global batch of optimizer step `step` (1-based)."""
+        lo = self.start_position + (step - 1 - self.start_step) * self.global_batch_size
+        size = len(self.plan)
+        positions = [(lo + k) % size for k in range(self.global_batch_size)]
+        names = [self.plan.tasks[int(self.plan.index.task_ids[p])].name for p in positions]
+        return Counter(names)
+
+    def message(self, step: int) -> str:
+        """The text that names the step and its batch's tasks."""
+        tasks = ", ".join(f"{t} ({n})" for t, n in sorted(self.batch_tasks(step).items()))
+        return f"the loss or gradients are NaN/inf at step {step}; the batch's tasks (examples): {tasks}"
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if model is None:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norms = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads])
+        if bool(torch.isfinite(norms).all()):
+            self._consecutive = 0
+            return
+        step = state.global_step + 1
+        text = self.message(step)
+        hint = ("lower training.learning_rate, check these tasks' data, or resume from the last checkpoint; "
+                "training.on_nan: skip drops such steps")
+        if self.policy == "stop":
+            raise NonFiniteLossError(text, field="training.on_nan", hint=hint)
+        self._consecutive += 1
+        if self._consecutive > self.max_consecutive_skips:
+            raise NonFiniteLossError(f"{text} ({self._consecutive} steps in a row: the model has diverged)",
+                                     field="training.on_nan", hint=hint)
+        for p in model.parameters():
+            p.grad = None
+        self.skipped.append(step)
+        logger.warning("%s: step skipped (training.on_nan: skip)", text)
