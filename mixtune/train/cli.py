@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,5 +38,6 @@ def _train(args: argparse.Namespace) -> int:
     from mixtune.train.run import run_training
 
     final = run_training(recipe, order_log=args.data_order_log)
-    print(f"final model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final model: {final}")
     return 0

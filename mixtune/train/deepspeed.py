@@ -115,3 +115,26 @@ def write_presets(folder: str | Path) -> list[Path]:
         atomic_write_json(target, config)
         written.append(target)
     return written
+
+
+def from_launcher_env(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The preset matching `accelerate launch --use_deepspeed --zero_stage N [--offload_*_device cpu]`.
+
+    Used when the recipe names no DeepSpeed config but the launcher asked for DeepSpeed, so both
+    ways of turning it on end in the same configuration. None when the launcher did not ask.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    config_file = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if config_file.lower() != "none":
+        return deepspeed_config(config_file)
+    stage = int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2") or 2)
+    offload = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none") == "cpu"
+    if stage == 3:
+        return copy.deepcopy(PRESETS["zero3_offload" if offload else "zero3"])
+    config = copy.deepcopy(PRESETS["zero2"])
+    config["zero_optimization"]["stage"] = stage
+    return config

@@ -34,6 +34,7 @@ from mixtune.train.callbacks import (
     TextLogCallback,
 )
 from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
+from mixtune.train.deepspeed import zero_stage
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     max_steps = total_steps(recipe, len(plan), g_batch)
     args = build_training_arguments(recipe, max_steps=max_steps, kind=kind_hint)
     is_main = args.process_index == 0
+    if args.deepspeed and world > 1:
+        _init_deepspeed_comm()
 
     resume_from = ckpt.resolve_resume(recipe.resume, output_dir, recipe_path=recipe.source)
     start_step, start_position = 0, 0
@@ -138,6 +141,7 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         "trained_task_counts": trained_task_counts(plan, end_position),
         "global_steps": max_steps,
         "world_size": world,
+        "zero_stage": zero_stage(args.deepspeed) if isinstance(args.deepspeed, dict) else None,
         "global_batch_size": g_batch,
         "resumed_from": str(resume_from) if resume_from else None,
         "git_commit": git_commit(),
@@ -177,6 +181,16 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def _init_deepspeed_comm() -> None:
+    """Let DeepSpeed's comm layer wrap the process group accelerate opened (gloo on CPU), so ZeRO-3's
+    sharded model construction sees every process."""
+    import deepspeed
+    import torch.distributed as dist
+
+    backend = dist.get_backend() if dist.is_initialized() else None
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
 def _barrier() -> None:

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from mixtune.recipe import Recipe
-from mixtune.train.deepspeed import deepspeed_config
+from mixtune.train.deepspeed import deepspeed_config, from_launcher_env
 
 
 def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> Any:
@@ -62,8 +62,17 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         remove_unused_columns=False,
         accelerator_config={"dispatch_batches": False, "split_batches": False},
         dataloader_num_workers=0,
-        deepspeed=deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source),
+        deepspeed=(deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source)
+                   or from_launcher_env()),
+        use_cpu=not _has_accelerator(),  # on CPU, several processes need accelerate's gloo setup
     )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
 
 
 def _default_run_name(recipe: Recipe) -> str:
