@@ -28,7 +28,7 @@ ARROW_SCHEMA = pa.schema([
 
 
 def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = None,
-                  max_source_length: int | None = None, batch_size: int = 4096) -> Path:
+                  max_source_length: int | None = None, batch_size: int = 16384) -> Path:
     """Write every example of `plan`, in sampled order, to `out_dir` (`datasets.load_from_disk` reads it).
 
     Columns: prompt, completion, task, category, source, position, instance_id, references. The folder

@@ -135,35 +135,33 @@ class MixturePlan:
     def _format(self, lo: int, hi: int, tokenizer: Any, max_source_length: int | None) -> dict[str, list]:
         task_ids = self.index.task_ids[lo:hi]
         rows = self.index.rows[lo:hi]
-        count = hi - lo
-        ids: list[Any] = [None] * count
-        inputs: list[Any] = [None] * count
-        outputs: list[Any] = [None] * count
-        for k in np.unique(task_ids).tolist():
-            where = np.flatnonzero(task_ids == k)
-            taken = self.tasks[k].table().take(pa.array(rows[where]))
-            for j, i, x, o in zip(where.tolist(), taken.column("id").to_pylist(),
-                                  taken.column("input").to_pylist(), taken.column("output").to_pylist(), strict=True):
-                ids[j], inputs[j], outputs[j] = i, x, o
-        out: dict[str, list] = {c: [] for c in COLUMNS}
+        # read each task's rows with one `take`, then put them back in position order
+        by_task = np.argsort(task_ids, kind="stable")
+        grouped = task_ids[by_task]
+        bounds = np.flatnonzero(np.diff(grouped)) + 1
+        parts = [self.tasks[int(grouped[a])].table().take(pa.array(rows[by_task[a:b]]))
+                 for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(grouped)].tolist(), strict=True)]
+        inverse = np.empty_like(by_task)
+        inverse[by_task] = np.arange(len(by_task))
+        table = pa.concat_tables(parts).take(pa.array(inverse)) if parts else None
+        ids = table.column("id").to_pylist() if table is not None else []
+        inputs = table.column("input").to_pylist() if table is not None else []
+        outputs = table.column("output").to_pylist() if table is not None else []
+        tasks = [self.tasks[k] for k in task_ids.tolist()]
+        positions = list(range(lo, hi))
         seed = self.seed
-        for j, k in enumerate(task_ids.tolist()):
-            task = self.tasks[k]
-            position = lo + j
-            refs = outputs[j]
+        prompts = [encode_prompt(t.info, x, t.encoding,
+                                 seed=position_seed(seed ^ _ENCODING_STREAM, p) if t.encoding.tk_instruct else None,
+                                 tokenizer=tokenizer, max_source_length=max_source_length)
+                   for t, x, p in zip(tasks, inputs, positions, strict=True)]
+        completions = []
+        for t, i, refs, p in zip(tasks, ids, outputs, positions, strict=True):
             if not refs:
-                raise DataError(f"instance {ids[j]!r} of task {task.name!r} has no output", field="output")
-            out["prompt"].append(encode_prompt(task.info, inputs[j], task.encoding,
-                                               seed=position_seed(seed ^ _ENCODING_STREAM, position),
-                                               tokenizer=tokenizer, max_source_length=max_source_length))
-            out["completion"].append(refs[0] if len(refs) == 1 else pick_reference(refs, position_seed(seed, position)))
-            out["task"].append(task.name)
-            out["category"].append(task.category)
-            out["source"].append(task.source)
-            out["position"].append(position)
-            out["instance_id"].append(ids[j])
-            out["references"].append(refs)
-        return out
+                raise DataError(f"instance {i!r} of task {t.name!r} has no output", field="output")
+            completions.append(refs[0] if len(refs) == 1 else pick_reference(refs, position_seed(seed, p)))
+        return {"prompt": prompts, "completion": completions, "task": [t.name for t in tasks],
+                "category": [t.category for t in tasks], "source": [t.source for t in tasks],
+                "position": positions, "instance_id": ids, "references": outputs}
 
 
 def plan_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> MixturePlan:
