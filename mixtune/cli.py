@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "mixtune.mixtures.cli",
     "mixtune.train.cli",
     "mixtune.eval.cli",
+    "mixtune.recipe_cli",
 )
 
 
