@@ -82,9 +82,10 @@ class TrainingSection(StrictModel):
     save_total_limit: int | None = Field(
         3, ge=1, description="Keep at most this many checkpoints (oldest deleted first); null keeps all.")
     logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every N steps.")
-    on_nan: Literal["stop", "ignore"] = Field(
-        "stop", description="A logged loss that is NaN or infinite: 'stop' ends the run with an error naming "
-        "the step; 'ignore' keeps training.")
+    on_nan: Literal["stop", "skip"] = Field(
+        "stop", description="A step whose loss or gradients are NaN/inf: 'stop' ends the run with an error "
+        "naming the step and its batch's tasks (before the weights change); 'skip' drops that step's update "
+        "and goes on (too many in a row still stop the run).")
 
 
 class DistributedSection(StrictModel):

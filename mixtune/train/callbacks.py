@@ -78,7 +78,7 @@ class NanPolicyCallback(TrainerCallback):
             raise MixtuneError(f"the training loss is {loss} at step {state.global_step}",
                                field="training.on_nan",
                                hint="lower training.learning_rate, check the data, or resume from the last "
-                               "checkpoint; on_nan: ignore keeps training")
+                               "checkpoint")
 
 
 class StaleCheckpointCallback(TrainerCallback):

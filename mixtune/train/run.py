@@ -125,10 +125,22 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         text_log,
         MixtureLogCallback(plan.hash, trained_task_counts(plan, stream.stop)),
     ]
+    from mixtune.train.nan_guard import NanGuardCallback
+
+    callbacks.append(NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
+                                      start_position=start_position, global_batch_size=g_batch))
     if recipe.training.on_nan == "stop":
-        callbacks.append(NanPolicyCallback())
+        callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
+    heldout = None
+    if recipe.eval is not None:
+        from mixtune.eval.callback import HeldOutEvalCallback
+
+        heldout = HeldOutEvalCallback(recipe.eval, tokenizer)
+        callbacks.append(heldout)
     trainer = build_trainer(model=model, tokenizer=tokenizer, kind=kind, args=args, train_dataset=stream,
                             data_collator=collator, callbacks=callbacks)
+    if heldout is not None:
+        heldout.bind(trainer)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     end_position = start_position + (max_steps - start_step) * g_batch
@@ -148,6 +160,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         "metrics": result.metrics,
         "kind": kind,
     }
+    if heldout is not None:
+        info["heldout_eval"] = {"best": heldout.best, "history": heldout.history}
     final = save_final(trainer, tokenizer, output_dir, info)
     if is_main:
         text_log.write(f"final model saved to {final}; trained on {end_position} examples")
