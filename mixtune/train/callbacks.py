@@ -59,7 +59,10 @@ class TextLogCallback(TrainerCallback):
         self.path = Path(path)
 
     def write(self, text: str) -> None:
-        """Append a line to the log (main process only; callers check)."""
+        """Append a line to the log (main process only; callers check); secrets are masked."""
+        from mixtune.secrets import redact_text
+
+        text = redact_text(text)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
