@@ -258,3 +258,40 @@ def test_chat_mixture_holds_both_encodings_once_per_instance() -> None:
         by_source.setdefault(task["source"], {})[task["name"]] = task["realised_examples"]
     assert by_source["superni_def"] == by_source["superni_def_pos2"]
     assert all(n == min(t["num_instances"], 100) for t in tasks for n in [t["realised_examples"]])
+
+
+# --- the GPU recipes' settings train together: each recipe on CPU, only the model swapped for a tiny one ---
+
+_TINY_MODELS = {
+    "causal": "{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+              "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 2048}",
+    "seq2seq": "{model_type: t5, d_model: 32, d_ff: 64, d_kv: 8, num_heads: 4, num_layers: 2, num_decoder_layers: 2}",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["tk_instruct_3b", "llama31_8b_zero3", "llama31_8b_lora"])
+def test_recipe_trains_on_cpu_with_a_tiny_model(name, tmp_path, monkeypatch) -> None:
+    """Everything but the model, the data source and DeepSpeed stays as shipped (bf16, packing, chat rendering,
+    gradient checkpointing, LoRA, schedule, lengths): two optimizer steps and a saved final model."""
+    monkeypatch.chdir(tmp_path)
+    path = RECIPES / f"{name}.yaml"
+    shipped = load_recipe(path)
+    overrides = [
+        "model.name_or_path=null", f"model.config={_TINY_MODELS[shipped.model.kind]}",
+        f"data.mixture={REPO / 'data_mixtures' / 'superni_sample.yaml'}",
+        "distributed.deepspeed=null", "distributed.processes_per_node=1", "eval=null", "logging.wandb=disabled",
+        "logging.progress_bar=false", "training.max_steps=2", "training.per_device_batch_size=4",
+        "training.gradient_accumulation_steps=1", f"output_dir={tmp_path / 'run'}",
+    ]
+    if shipped.model.chat_template == "tokenizer":  # the tiny model's tokenizer has no chat template of its own
+        overrides.append("model.chat_template=default")
+    assert main(["train", str(path), *overrides]) == 0
+    run = json.loads((tmp_path / "run" / "final" / "mixtune_run.json").read_text(encoding="utf-8"))
+    trained = run["recipe"]
+    assert trained["data"]["packing"] == shipped.data.packing
+    assert trained["data"]["max_source_length"] == shipped.data.max_source_length
+    assert trained["model"]["dtype"] == shipped.model.dtype == "bf16"
+    assert trained["model"]["gradient_checkpointing"] == shipped.model.gradient_checkpointing
+    assert (trained["model"]["lora"] is None) == (shipped.model.lora is None)
+    assert trained["training"]["learning_rate"] == shipped.training.learning_rate
