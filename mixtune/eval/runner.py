@@ -156,8 +156,10 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
 
     state = process_state()
     out_dir = Path(out_dir)
-    model_name = str(model) if isinstance(model, (str, Path)) else getattr(getattr(model, "config", None),
-                                                                           "_name_or_path", type(model).__name__)
+    if isinstance(model, (str, Path)):
+        model_name = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    else:
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
     model, tokenizer, kind = _load_model(model, tokenizer)
     collection = collection if collection is not None else _open_collection(spec)
     tasks = resolve_tasks(collection, spec.split, spec.tasks)
