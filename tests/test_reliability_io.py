@@ -1,0 +1,194 @@
+"""Disk full and interruptions in `mixture build` and `eval run`: a clear error, the previous output
+intact, no file that looks complete but is not, and a re-run that finishes the job (eval: resuming)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from mixtune.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+MIXTURE = str(REPO / "data_mixtures" / "superni_sample.yaml")
+SMALL = ["--set", "epochs=null", "--set", "total_examples=300"]
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
+def _enospc(path: object = None) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
+
+
+def _fsync_fails_for(monkeypatch: pytest.MonkeyPatch, name_part: str) -> list[str]:
+    """os.fsync raises ENOSPC for files whose path contains `name_part` (the data was written, the disk is full)."""
+    real = os.fsync
+    hits: list[str] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if name_part in target:
+            hits.append(target)
+            raise _enospc(target)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return hits
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+# ---- mixture build ----
+
+@pytest.fixture
+def built(tmp_path: Path) -> Path:
+    out = tmp_path / "mix"
+    assert main(["mixture", "build", MIXTURE, "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((out / "mixture_manifest.json").read_text())
+
+
+@pytest.mark.parametrize("where", ["dataset-save", "manifest-fsync", "arrow-staging"])
+def test_disk_full_during_mixture_build(built: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    before = _manifest(built)
+    rows = datasets.load_from_disk(str(built))["prompt"]
+    if where == "dataset-save":
+        def save_to_disk(self, path, *args, **kwargs):
+            (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"ARROW1" + b"\0" * 64)  # part of a file
+            raise _enospc(Path(path) / "data-00000-of-00001.arrow")
+
+        monkeypatch.setattr(datasets.Dataset, "save_to_disk", save_to_disk)
+    elif where == "manifest-fsync":
+        _fsync_fails_for(monkeypatch, "mixture_manifest.json")
+    else:
+        import pyarrow as pa
+
+        real_stream = pa.ipc.new_stream
+
+        class Full:
+            def __init__(self, *a, **k) -> None:
+                self.writer = real_stream(*a, **k)
+                self.batches = 0
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc) -> None:
+                self.writer.close()
+
+            def write_batch(self, batch) -> None:
+                self.writer.write_batch(batch)
+                raise _enospc("examples.arrow")
+
+        monkeypatch.setattr(pa.ipc, "new_stream", Full)
+    with pytest.raises(OSError) as err:
+        main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "--set", "seed=7"])
+    assert err.value.errno == errno.ENOSPC
+    # the previous build is untouched and nothing half-written is left beside it
+    assert _manifest(built) == before
+    assert datasets.load_from_disk(str(built))["prompt"] == rows
+    assert _leftovers(built.parent) == []
+    monkeypatch.undo()
+    assert main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "--set", "seed=7"]) == 0
+    assert _manifest(built)["hash"] != before["hash"]
+
+
+def test_disk_full_on_first_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fsync_fails_for(monkeypatch, "mixture_manifest.json")
+    with pytest.raises(OSError):
+        main(["mixture", "build", MIXTURE, "--out", str(tmp_path / "mix"), *SMALL])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ---- eval run ----
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+EVAL_ARGS = ["--tasks", "task199_mnli_classification,task288_gigaword_summarization", "--max-instances", "4",
+             "--settings", "def_pos2", "--batch-size", "2", "--max-new-tokens", "5", "--max-source-length", "160",
+             "--no-baselines"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "full"
+    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 0
+    return out
+
+
+def _metrics(out: Path) -> dict:
+    data = json.loads((out / "metrics.json").read_text())
+    return {k: data[k] for k in ("overall", "per_category", "per_task")}
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_eval_killed_mid_generation_resumes(model_dir: Path, uninterrupted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    script = "\n".join([
+        "import os, sys",
+        "import mixtune.eval.runner as runner",
+        "_call = runner._PartialWriter.__call__",
+        "def call(self, indices, texts):",
+        "    _call(self, indices, texts)",
+        "    self.calls = getattr(self, 'calls', 0) + 1",
+        "    if self.calls == 2:",
+        "        os._exit(9)  # killed after two batches were written",
+        "runner._PartialWriter.__call__ = call",
+        "from mixtune.cli import main",
+        f"sys.exit(main(['eval', 'run', {str(model_dir)!r}, '--out', {str(out)!r}, *{EVAL_ARGS!r}]))",
+    ])
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr[-2000:]
+    assert not (out / "predictions.jsonl").exists() and not (out / "metrics.json").exists()
+    partial = list((out / "partial").glob("*.jsonl"))
+    assert len(partial) == 1 and len(_lines(partial[0])) == 4
+    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["def_pos2"]["reused"] == 4 and metrics["settings"]["def_pos2"]["generated"] == 4
+    assert _metrics(out) == _metrics(uninterrupted)
+    assert _lines(out / "predictions.jsonl") == _lines(uninterrupted / "predictions.jsonl")
+
+
+@pytest.mark.parametrize("target", ["predictions.jsonl", "metrics.json"])
+def test_disk_full_during_eval_outputs(model_dir: Path, uninterrupted: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    out = tmp_path / "eval"
+    hits = _fsync_fails_for(monkeypatch, f".{target}.")
+    with pytest.raises(OSError) as err:
+        main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS])
+    assert err.value.errno == errno.ENOSPC and hits
+    assert not (out / target).exists() and not (out / "metrics.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(f".{target}")]  # no temporary file left
+    if target == "predictions.jsonl":  # generated predictions are kept for the re-run
+        assert len(_lines(next((out / "partial").glob("*.jsonl")))) == 8
+    monkeypatch.undo()
+    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert _metrics(out) == _metrics(uninterrupted)
+    if target == "predictions.jsonl":
+        assert metrics["settings"]["def_pos2"]["generated"] == 0
