@@ -89,3 +89,57 @@ def test_two_process_evaluation_equals_single_process(model_dir, tmp_path):
                         distributed=False)
     for rank in (0, 1):  # every process gets the full, ordered list
         assert json.loads((multi_dir / f"generate.rank{rank}.json").read_text()) == expected
+
+
+ZERO3_WORKER = textwrap.dedent("""
+    import json, sys
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+    from transformers import Trainer, TrainingArguments
+    from mixtune.eval.callback import HeldOutEvalCallback
+    from mixtune.eval.spec import EvalSpec
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    out, spec_json, llama_json = sys.argv[1:4]
+    ds = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
+          "gradient_accumulation_steps": "auto", "train_batch_size": "auto"}
+    args = TrainingArguments(output_dir=out, max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3,
+                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                             deepspeed=ds)
+    _ = args.device  # opens the process group (gloo); DeepSpeed's comm layer wraps it
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False)
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=json.loads(llama_json)))
+    ids = tokenizer("Definition: say yes. Output: yes")["input_ids"]
+    callback = HeldOutEvalCallback(EvalSpec(**json.loads(spec_json)), tokenizer)
+    trainer = Trainer(model=model, args=args, train_dataset=[{"input_ids": ids, "labels": ids}] * 8,
+                      callbacks=[callback])
+    callback.bind(trainer)
+    trainer.train()  # training goes on after each evaluation: parameters gathered for it stay trainable
+    logged = [h for h in trainer.state.log_history if "heldout/zero_shot/rougeL" in h]
+    with open(f"{out}/logged.rank{args.process_index}.json", "w") as f:
+        json.dump(logged, f)
+""")
+
+
+@pytest.mark.integration
+def test_periodic_evaluation_under_zero3_two_processes(tmp_path):
+    """The training callback under DeepSpeed ZeRO-3 (sharded parameters, 2 processes): every process
+    takes part in each generation step, training continues afterwards, all processes log the same."""
+    spec = {**SPEC, "tasks": SPEC["tasks"][:2], "max_instances_per_task": 2, "max_new_tokens": 4, "every_n_steps": 1}
+    script = tmp_path / "zero3.py"
+    script.write_text(ZERO3_WORKER)
+    out = tmp_path / "train"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_deepspeed",
+           "--zero_stage", "3", "--main_process_port", "0", str(script), str(out), json.dumps(spec), json.dumps(LLAMA)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for step in (1, 2):
+        lines = [json.loads(x) for x in (out / "heldout_eval" / f"step-{step}" / "predictions.jsonl").read_text().splitlines()]
+        assert len(lines) == 4
+    logged = [json.loads((out / f"logged.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [h["step"] for h in logged[0]] == [1, 2] and logged[0] == logged[1]
+    best = json.loads((out / "best_heldout_checkpoint.json").read_text())
+    assert best["step"] in (1, 2) and [h["step"] for h in best["history"]] == [1, 2]

@@ -117,7 +117,7 @@ def shard_for_process(order: Sequence[int], rank: int, world: int) -> list[int]:
     return share
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: ZeRO-3 gathers parameters that training reuses
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 16,
              max_new_tokens: int = 128, kind: str | None = None, skip: Sequence[int] = (),
              on_batch: OnBatch | None = None, progress: bool = True, distributed: bool = True,

@@ -31,7 +31,7 @@ def label_ids(tokenizer: Any, label: str, eos_ids: Sequence[int]) -> list[int]:
     return ids + ([eos_ids[0]] if eos_ids else [])
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: ZeRO-3 gathers parameters that training reuses
 def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
                      kind: str | None = None, distributed: bool = True) -> list[float]:
     """Summed log-likelihood of each (prompt, label) pair's label given its prompt, in order."""
