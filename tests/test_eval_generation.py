@@ -63,6 +63,21 @@ def test_causal_decodes_only_new_tokens(prompts):
         assert not text.startswith(tokenizer.decode(tokenizer(prompt)["input_ids"][1:6], skip_special_tokens=True))
 
 
+def test_prompt_tokens_are_the_training_ones(prompts):
+    """Generation sees a prompt exactly as the training collators built it (no EOS/[SEP] after a causal prompt)."""
+    from mixtune.eval.generation import encode_prompts
+    from mixtune.train.collators import tokenize_example
+
+    _, tokenizer, _ = tiny(LLAMA)
+    for kind in ("causal", "seq2seq"):
+        [ids] = encode_prompts(tokenizer, [prompts[0]], kind)
+        example = tokenize_example(tokenizer, prompts[0], "yes", kind=kind)
+        prompt_len = sum(1 for label in example["labels"] if label == -100) if kind == "causal" else None
+        assert ids == (example["input_ids"][:prompt_len] if kind == "causal" else example["input_ids"])
+    [causal] = encode_prompts(tokenizer, [prompts[0]], "causal")
+    assert causal[0] == tokenizer.bos_token_id and causal[-1] != tokenizer.eos_token_id
+
+
 def test_skip_and_on_batch(prompts):
     model, tokenizer, kind = tiny(LLAMA)
     seen: list[int] = []

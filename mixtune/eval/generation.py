@@ -58,11 +58,12 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, *, left: bool) ->
 
 
 def special_ids(model: Any, tokenizer: Any) -> tuple[int, list[int]]:
-    """(pad id, EOS ids): the tokenizer's, else the model's generation config's."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    """(pad id, stop ids): the tokenizer's EOS plus the generation config's (e.g. a chat end-of-turn)."""
+    eos_ids: list[int] = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for tok in [tokenizer.eos_token_id, *(configured if isinstance(configured, (list, tuple)) else [configured])]:
+        if tok is not None and tok not in eos_ids:
+            eos_ids.append(int(tok))
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = eos_ids[0] if eos_ids else 0
@@ -95,10 +96,16 @@ def _zero3_enabled() -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, with the tokenizer's special tokens (as the model saw in training)."""
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], kind: str = "causal") -> list[list[int]]:
+    """Token ids of each prompt exactly as training feeds it: causal prompts through the collator's
+    `prompt_ids` (text tokens, BOS in front when the tokenizer uses one, no EOS/SEP after); seq2seq
+    sources with the tokenizer's special tokens (as the seq2seq collator)."""
     if not prompts:
         return []
+    if kind == "causal":
+        from mixtune.train.collators import prompt_ids
+
+        return [list(prompt_ids(tokenizer, p)) for p in prompts]
     return [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
 
 
@@ -140,7 +147,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: 
 
     skipped = set(skip)
     todo = [i for i in range(len(prompts)) if i not in skipped]
-    token_ids = dict(zip(todo, encode_prompts(tokenizer, [prompts[i] for i in todo]), strict=True))
+    token_ids = dict(zip(todo, encode_prompts(tokenizer, [prompts[i] for i in todo], kind), strict=True))
     order = [todo[j] for j in length_sorted([len(token_ids[i]) for i in todo])]
 
     rank, world, is_main = 0, 1, True

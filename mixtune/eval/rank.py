@@ -38,7 +38,7 @@ def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]
     kind = kind or model_kind(model)
     pad_id, eos_ids = special_ids(model, tokenizer)
     device = model_device(model)
-    prompts = encode_prompts(tokenizer, [p for p, _ in pairs])
+    prompts = encode_prompts(tokenizer, [p for p, _ in pairs], kind)
     labels = [label_ids(tokenizer, lab, eos_ids) for _, lab in pairs]
     order = length_sorted([len(p) + len(t) for p, t in zip(prompts, labels, strict=True)])
 
