@@ -171,3 +171,10 @@ def test_two_sources_with_a_jsonl_file_relative_to_the_yaml(tmp_path):
     examples = [e for e in plan.iter_examples() if e["source"] == "mine"]
     assert examples and all(e["prompt"].startswith("Definition: ") for e in examples)
     assert {e["completion"] for e in examples if e["task"] == "my_upper"} <= {"CAT", "DOG", "OWL", "ELK"}
+
+
+def test_missing_collection_path_points_at_the_field_and_the_flag(repo_root, tmp_path):
+    spec = load_mixture(repo_root / "data_mixtures" / "superni_default.yaml")
+    with pytest.raises(ConfigError) as e:
+        plan_mixture(spec)
+    assert "superni_default.yaml" in _error(e) and "sources[0].path" in _error(e) and "--collection" in _error(e)

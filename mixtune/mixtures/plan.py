@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,6 +217,10 @@ def _resolve(spec: MixtureSpec, prefix: str, seed: int, open_source: Any, tasks:
     by_index: dict[int, TaskCollection] = {}
     cap = spec.max_instances_per_task
     for i, source in enumerate(spec.sources):
+        if source.type != "hf" and source.path != "bundled" and not Path(source.path).expanduser().exists():
+            raise ConfigError(f"source {source.name!r}: collection path {source.path!r} does not exist",
+                              path=spec.path, field=f"sources[{i}].path",
+                              hint="fix the path or pass `--collection PATH` (a SuperNI checkout, or `bundled`)")
         collection = by_index[i] = open_source(source)
         label = _unique(prefix + source.name, collections)
         collections[label] = collection
