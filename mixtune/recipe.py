@@ -46,7 +46,8 @@ class DataSection(StrictModel):
         None, ge=1, description="Prompt budget in tokens: demonstrations that do not fit are dropped, then "
         "the prompt is cut (Tk-Instruct's rule). Default: no limit.")
     max_target_length: int | None = Field(
-        None, ge=1, description="Completion budget in tokens (EOS included); longer completions are cut.")
+        None, ge=1, description="Seq2seq models: target budget in tokens (EOS included); longer targets are cut. "
+        "Causal models use max_length for prompt + completion.")
     max_length: int | None = Field(
         None, ge=2, description="Budget of prompt + completion together (causal models), and the length "
         "of a packed row when packing is on.")

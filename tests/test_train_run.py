@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,12 +88,23 @@ def test_seq2seq_loss_goes_down_on_a_fixed_batch(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_lora_run_saves_merged_model_and_adapter(tmp_path: Path) -> None:
+def test_lora_run_saves_merged_model_and_adapter_and_logs_to_wandb_offline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForCausalLM
 
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # restored after the test; the run switches it to offline
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     recipe = load_recipe(TINY, [*FAST, "model.lora.r=4", "training.max_steps=2", "training.save_steps=2",
-                                f"output_dir={tmp_path / 'run'}"])
+                                "logging.wandb=offline", f"output_dir={tmp_path / 'run'}"])
     final = run_training(recipe)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1  # no account, no network
+    info_hash = json.loads((final / "mixtune_run.json").read_text())["mixture_hash"]
+    deadline = time.time() + 30  # wandb's service process may still be flushing the offline run file
+    while info_hash.encode() not in runs[0].read_bytes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert info_hash.encode() in runs[0].read_bytes()  # the mixture hash is in the wandb run config
     assert (final / "adapter" / "adapter_config.json").is_file()
     info = json.loads((final / "mixtune_run.json").read_text())
     assert info["lora"]["merged"] is True

@@ -165,7 +165,17 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     final = save_final(trainer, tokenizer, output_dir, info)
     if is_main:
         text_log.write(f"final model saved to {final}; trained on {end_position} examples")
+    _finish_wandb()
     return final
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run (flushes an offline run to disk) when one is open."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _kind_from_config(recipe: Recipe) -> str:
