@@ -16,6 +16,7 @@ source still too long is cut to its first `max_source_length` tokens.
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 from collections.abc import Sequence
@@ -98,6 +99,7 @@ def _end(text: str) -> str:
     return text if text and text[-1] in string.punctuation else text + "."
 
 
+@functools.lru_cache(maxsize=4096)
 def _demonstration(kind: str, number: int, demo: Demonstration, explanation: bool) -> str:
     text = _end(f" {kind} Example {number} -\nInput: {demo.input.strip()}") + "\n"
     text = _end(text + f" Output: {demo.output.strip()}") + "\n"
