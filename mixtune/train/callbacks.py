@@ -30,7 +30,8 @@ class CheckpointStateCallback(TrainerCallback):
     """
 
     def __init__(self, *, start_step: int, start_position: int, global_batch_size: int, world_size: int,
-                 mixture_hash: str) -> None:
+                 mixture_hash: str, mixture_size: int | None = None) -> None:
+        self.mixture_size = mixture_size
         self.start_step = start_step
         self.start_position = start_position
         self.global_batch_size = global_batch_size
@@ -40,6 +41,11 @@ class CheckpointStateCallback(TrainerCallback):
     def position_at(self, global_step: int) -> int:
         """Stream position after `global_step` optimizer steps of this run."""
         return self.start_position + (global_step - self.start_step) * self.global_batch_size
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # the Trainer counts epochs of this run's dataloader; report passes over the mixture instead
+        if self.mixture_size:
+            state.epoch = self.position_at(state.global_step) / self.mixture_size
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         _barrier()

@@ -121,7 +121,7 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     callbacks: list[Any] = [
         StaleCheckpointCallback(),
         CheckpointStateCallback(start_step=start_step, start_position=start_position, global_batch_size=g_batch,
-                                world_size=world, mixture_hash=plan.hash),
+                                world_size=world, mixture_hash=plan.hash, mixture_size=len(plan)),
         text_log,
         MixtureLogCallback(plan.hash, trained_task_counts(plan, stream.stop)),
     ]
