@@ -266,12 +266,9 @@ def _totals(tasks: list[dict], key: str) -> list[dict]:
 
 
 def _content_key(task: PlanTask) -> str:
-    """The task file's content hash when the collection exposes one (its cache key), else ''."""
+    """The task's content hash when the collection exposes one (its cache key), else ''."""
     getter = getattr(task.collection, "content_key", None)
-    if callable(getter):
-        return str(getter(task.name))
-    cached = getattr(task.collection, "_files", {}).get(task.name)
-    return cached.stem if cached is not None else ""
+    return str(getter(task.name)) if callable(getter) else ""
 
 
 def _task_identity(task: PlanTask) -> list:

@@ -69,6 +69,11 @@ class IndexedCollection:
             table = self._tables[task] = cache.read_instances(path)
         return table
 
+    def content_key(self, task: str) -> str:
+        """A hash of the task's content (its cache key): equal keys mean identical instances."""
+        self._check(task)
+        return self._files[task].stem
+
     def instance(self, task: str, row: int) -> Instance:
         """Instance number `row` (0-based, file order) of `task`."""
         table = self.instances(task)

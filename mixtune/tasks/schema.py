@@ -93,3 +93,7 @@ class TaskCollection(Protocol):
     def split(self, name: str = "default") -> Split | None:
         """The named split, or None when the collection has no split files."""
         ...
+
+    def content_key(self, task: str) -> str:
+        """A hash of the task's content: equal keys mean identical instances."""
+        ...
