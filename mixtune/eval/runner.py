@@ -8,7 +8,8 @@ Output folder (`out_dir`):
   file per setting keeps each file scoreable by the official script and `mixtune eval score`.
 - `rank_classification.<setting>.jsonl` (with `rank_classification: true`): label-ranking predictions.
 - `metrics.json`, `report.md`, `categories.png` (the report writer of `mixtune.eval.report`).
-- `run.json`: what produced the predictions (model, the spec's generation fields).
+- `run.json`: what produced the predictions (model folder, its weight files, the spec's prompt and
+  generation fields); a rerun that differs in these is refused (`--overwrite` discards the old ones).
 
 Resumable: while generating, each process appends finished predictions to
 `partial/predictions.<setting>.rank<r>.jsonl`; a rerun into the same folder reuses every prediction
@@ -130,6 +131,15 @@ def _open_collection(spec: EvalSpec) -> Any:
     return open_collection(type=spec.type, path=spec.collection)
 
 
+def _weights_stamp(model_name: str) -> list[list[Any]]:
+    """(file, size, mtime) of a model folder's weight files: a retrained model is a different model."""
+    folder = Path(model_name)
+    if not folder.is_dir():
+        return []
+    return [[f.name, f.stat().st_size, int(f.stat().st_mtime)]
+            for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("adapter_model.*"))]
+
+
 def _primary(scores: dict[str, Any]) -> float:
     """Mean over categories of each category's primary metric (EM for classification-type, else ROUGE-L)."""
     from mixtune.eval.metrics import primary_metric
@@ -164,8 +174,8 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     collection = collection if collection is not None else _open_collection(spec)
     tasks = resolve_tasks(collection, spec.split, spec.tasks)
     categories = task_categories(collection, tasks)
-    fingerprint = {**spec.generation_fingerprint(), "tasks": tasks,
-                   "max_instances_per_task": spec.max_instances_per_task, "model": model_name}
+    # what a reused prediction depends on (tasks and instance counts may change: reuse is per instance)
+    fingerprint = {**spec.generation_fingerprint(), "model": model_name, "weights": _weights_stamp(model_name)}
 
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
