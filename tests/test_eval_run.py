@@ -81,6 +81,16 @@ def test_spec_errors_name_file_and_field(tmp_path, text, field, words):
     assert words in str(err.value)
 
 
+def test_spec_collection_relative_to_the_yaml(tmp_path, bundled_dir):
+    import shutil as sh
+
+    sh.copytree(bundled_dir / "splits", tmp_path / "evals" / "data" / "splits")
+    (tmp_path / "evals" / "eval.yaml").write_text("collection: data\n")
+    assert load_eval_spec(tmp_path / "evals" / "eval.yaml").collection == str((tmp_path / "evals" / "data").resolve())
+    (tmp_path / "evals" / "other.yaml").write_text("collection: not-here\n")
+    assert load_eval_spec(tmp_path / "evals" / "other.yaml").collection == "not-here"
+
+
 def test_spec_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_eval_spec(tmp_path / "nope.yaml")

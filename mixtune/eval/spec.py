@@ -106,4 +106,16 @@ def load_eval_spec(path: str | Path | dict[str, Any], overrides: Iterable[str] =
         if isinstance(data.get("eval"), dict) and ("model" in data or "data" in data):
             data = data["eval"]
     data = apply_overrides(data, overrides)
-    return validate(EvalSpec, data, where)
+    spec = validate(EvalSpec, data, where)
+    return resolve_paths(spec, where.parent if where is not None else None)
+
+
+def resolve_paths(spec: EvalSpec, base: Path | None) -> EvalSpec:
+    """A relative `collection` path that exists next to the YAML file (`base`) is made absolute, as
+    mixture files do; 'bundled', hub names and absolute paths stay as they are."""
+    if base is None or spec.collection == "bundled" or Path(spec.collection).is_absolute():
+        return spec
+    candidate = base / Path(spec.collection).expanduser()
+    if candidate.exists():
+        spec.collection = str(candidate.resolve())
+    return spec
