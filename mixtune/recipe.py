@@ -76,7 +76,9 @@ class TrainingSection(StrictModel):
         None, gt=0, description="Passes over the mixture (its `total_examples`); ignored when max_steps is set. "
         "Default: 1 when max_steps is not set either.")
     max_steps: int | None = Field(None, ge=1, description="Number of optimizer steps; takes precedence over epochs.")
-    per_device_batch_size: int = Field(8, ge=1, description="Examples (or packed rows) per process per micro-step.")
+    per_device_batch_size: int = Field(
+        8, ge=1, description="Examples per process per micro-step (with data.packing they are packed into rows "
+        "of data.max_length tokens).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
     seed: int = Field(42, description="Seed of model initialisation (config-built models), dropout and the trainer.")
     save_steps: int = Field(500, ge=1, description="Write a checkpoint every N optimizer steps.")
@@ -99,6 +101,9 @@ class DistributedSection(StrictModel):
     nodes: int = Field(1, ge=1, description="Machines the run spans (used by `mixtune train --print-launch`).")
     processes_per_node: int = Field(
         1, ge=1, description="Processes (GPUs) per machine (used by `mixtune train --print-launch`).")
+    timeout_s: int = Field(
+        1800, ge=10, description="Seconds a process waits for the others in a collective operation before the "
+        "job fails (so a dead process ends the run instead of hanging it); TrainingArguments.ddp_timeout.")
     launcher: Literal["accelerate", "deepspeed", "torchrun"] = Field(
         "accelerate", description="Launcher whose command `mixtune train --print-launch` prints.")
 

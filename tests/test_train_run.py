@@ -113,6 +113,22 @@ def test_lora_run_saves_merged_model_and_adapter_and_logs_to_wandb_offline(
     assert (tmp_path / "run" / "checkpoint-2" / "COMPLETE").is_file()
 
 
+@pytest.mark.integration
+def test_packing_and_chat_template_runs_save_loadable_models(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name, extra in {"packed": ["data.packing=true"], "chat": ["model.chat_template=default"]}.items():
+        recipe = load_recipe(TINY, [*FAST, *extra, "training.max_steps=2", "training.save_steps=2",
+                                    "training.logging_steps=1", f"output_dir={tmp_path / name}"])
+        final = run_training(recipe)
+        losses = _losses(tmp_path / name / "train.log")
+        assert len(losses) == 2 and all(0 < x < 20 for x in losses)
+        tokenizer = AutoTokenizer.from_pretrained(final)
+        model = AutoModelForCausalLM.from_pretrained(final)
+        assert model.get_input_embeddings().num_embeddings >= len(tokenizer)
+    assert "<|im_end|>" in AutoTokenizer.from_pretrained(tmp_path / "chat" / "final").get_vocab()
+
+
 def test_training_refuses_held_out_tasks(tmp_path: Path) -> None:
     """Every task of the sample (its held-out test tasks included) -> the mixture's guard stops the run."""
     recipe = load_recipe(TINY, ["data.mixture.sources=[{name: all, path: bundled}]",

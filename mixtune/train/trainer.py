@@ -64,6 +64,7 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         dataloader_num_workers=0,
         deepspeed=(deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source)
                    or from_launcher_env()),
+        ddp_timeout=recipe.distributed.timeout_s,
         use_cpu=not _has_accelerator(),  # on CPU, several processes need accelerate's gloo setup
     )
 
