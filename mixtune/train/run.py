@@ -81,20 +81,7 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if args.deepspeed and world > 1:
         _init_deepspeed_comm()
 
-    resume_from = ckpt.resolve_resume(recipe.resume, output_dir, recipe_path=recipe.source)
-    start_step, start_position = 0, 0
-    if resume_from is not None:
-        state = ckpt.read_state(resume_from)
-        if state.mixture_hash != plan.hash:
-            raise ConfigError(
-                f"the mixture changed since {resume_from} was saved (hash {state.mixture_hash} -> {plan.hash})",
-                path=recipe.source, field="data.mixture",
-                hint="restore the mixture, or start fresh with resume=never or another output_dir")
-        start_step, start_position = state.global_step, state.position
-        if start_step >= max_steps:
-            raise ConfigError(f"{resume_from} is already at step {start_step} of {max_steps}",
-                              path=recipe.source, field="training.max_steps",
-                              hint="raise training.max_steps (or epochs) to train further")
+    resume_from, start_step, start_position = resume_point(recipe, plan.hash, max_steps)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if recipe.resume != "never":
@@ -118,19 +105,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
                               order_log=order_log, rank=args.process_index)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
-    callbacks: list[Any] = [
-        StaleCheckpointCallback(),
-        CheckpointStateCallback(start_step=start_step, start_position=start_position, global_batch_size=g_batch,
-                                world_size=world, mixture_hash=plan.hash, mixture_size=len(plan)),
-        text_log,
-        MixtureLogCallback(plan.hash, trained_task_counts(plan, stream.stop)),
-    ]
-    from mixtune.train.nan_guard import NanGuardCallback
-
-    callbacks.append(NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
-                                      start_position=start_position, global_batch_size=g_batch))
-    if recipe.training.on_nan == "stop":
-        callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
+    callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
+                           global_batch=g_batch, world=world, stop_position=stream.stop)
     heldout = None
     if recipe.eval is not None:
         from mixtune.eval.callback import HeldOutEvalCallback
@@ -166,6 +142,7 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if is_main:
         text_log.write(f"final model saved to {final}; trained on {end_position} examples")
     _finish_wandb()
+    _detach_file_log()
     return final
 
 
@@ -176,6 +153,42 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int) -> tuple[Path | None, int, int]:
+    """(checkpoint or None, its step, its stream position) for the recipe's `resume:`; checks the mixture."""
+    resume_from = ckpt.resolve_resume(recipe.resume, recipe.output_dir, recipe_path=recipe.source)
+    if resume_from is None:
+        return None, 0, 0
+    state = ckpt.read_state(resume_from)
+    if state.mixture_hash != mixture_hash:
+        raise ConfigError(
+            f"the mixture changed since {resume_from} was saved (hash {state.mixture_hash} -> {mixture_hash})",
+            path=recipe.source, field="data.mixture",
+            hint="restore the mixture, or start fresh with resume=never or another output_dir")
+    if state.global_step >= max_steps:
+        raise ConfigError(f"{resume_from} is already at step {state.global_step} of {max_steps}",
+                          path=recipe.source, field="training.max_steps",
+                          hint="raise training.max_steps (or epochs) to train further")
+    return resume_from, state.global_step, state.position
+
+
+def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_step: int, start_position: int,
+               global_batch: int, world: int, stop_position: int) -> list[Any]:
+    from mixtune.train.nan_guard import NanGuardCallback
+
+    callbacks: list[Any] = [
+        StaleCheckpointCallback(),
+        CheckpointStateCallback(start_step=start_step, start_position=start_position, global_batch_size=global_batch,
+                                world_size=world, mixture_hash=plan.hash, mixture_size=len(plan)),
+        text_log,
+        MixtureLogCallback(plan.hash, trained_task_counts(plan, stop_position)),
+        NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
+                         start_position=start_position, global_batch_size=global_batch),
+    ]
+    if recipe.training.on_nan == "stop":
+        callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
+    return callbacks
 
 
 def _kind_from_config(recipe: Recipe) -> str:
@@ -266,19 +279,32 @@ def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, A
     return final
 
 
+_FILE_LOG: list[logging.Handler] = []  # the text-log handler of the run in progress (one run per process)
+
+
 def _attach_file_log(path: Path) -> None:
     """Send mixtune's and transformers' log records to the run's text log (main process)."""
-    import transformers
+    from mixtune.secrets import RedactingFilter
 
+    _detach_file_log()
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
-    for name in ("mixtune",):
-        logging.getLogger(name).addHandler(handler)
-    transformers.utils.logging.add_handler(handler)
-    try:
-        from mixtune.secrets import RedactingFilter
+    handler.addFilter(RedactingFilter())
+    logging.getLogger("mixtune").addHandler(handler)
+    _transformers_logger().addHandler(handler)
+    _FILE_LOG.append(handler)
 
-        handler.addFilter(RedactingFilter())
-    except ImportError:  # pragma: no cover
-        pass
+
+def _detach_file_log() -> None:
+    while _FILE_LOG:
+        handler = _FILE_LOG.pop()
+        logging.getLogger("mixtune").removeHandler(handler)
+        _transformers_logger().removeHandler(handler)
+        handler.close()
+
+
+def _transformers_logger() -> logging.Logger:
+    import transformers
+
+    return transformers.utils.logging.get_logger("transformers")
