@@ -251,23 +251,30 @@ def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path)
     ids = tokenizer("Definition: say yes. Output: yes")["input_ids"]
     data = [{"input_ids": ids, "labels": ids}] * 8
     spec = small_spec(tasks=TASKS[:2], max_instances_per_task=2, settings=["zero_shot"], every_n_steps=2,
-                      metric_for_best="exact_match")
-    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=3, per_device_train_batch_size=4,
+                      metric_for_best="exact_match", max_new_tokens=3)
+    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=5, per_device_train_batch_size=4,
                              learning_rate=1e-3, logging_steps=1, save_strategy="steps", save_steps=2,
-                             report_to=[], use_cpu=True, disable_tqdm=True)
+                             save_total_limit=1, report_to=[], use_cpu=True, disable_tqdm=True)
     callback = HeldOutEvalCallback(spec, tokenizer, collection=collection)
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])
     callback.bind(trainer)
     trainer.train()
 
     root = Path(args.output_dir)
-    assert sorted(p.name for p in (root / EVAL_DIR).iterdir()) == ["step-2", "step-3"]
-    final = json.loads((root / EVAL_DIR / "step-3" / "metrics.json").read_text())
-    assert final["step"] == 3 and set(final["baselines"]) == {"copy_demo", "copy_input"}
+    assert sorted(p.name for p in (root / EVAL_DIR).iterdir()) == ["step-2", "step-4", "step-5"]
+    final = json.loads((root / EVAL_DIR / "step-5" / "metrics.json").read_text())
+    assert final["step"] == 5 and set(final["baselines"]) == {"copy_demo", "copy_input"}
     logged = [h for h in trainer.state.log_history if "heldout/zero_shot/exact_match" in h]
-    assert [h["step"] for h in logged] == [2, 3]
+    assert [h["step"] for h in logged] == [2, 4, 5]
     best = json.loads((root / BEST_FILE).read_text())
     values = {h["step"]: h["heldout/zero_shot/exact_match"] for h in logged}
     assert best["value"] == max(values.values()) and values[best["step"]] == best["value"]
-    assert [h["step"] for h in best["history"]] == [2, 3]
+    assert min(s for s, v in values.items() if v == best["value"]) == best["step"]  # ties keep the earliest
+    assert [h["step"] for h in best["history"]] == [2, 4, 5]
     assert best["checkpoint"].endswith(f"checkpoint-{best['step']}")
+    assert trainer.state.best_global_step == best["step"]
+    # save_total_limit=1: rotation spares the best checkpoint, and the Trainer keeps only it at the end
+    kept = sorted(p.name for p in root.glob("checkpoint-*"))
+    if best["step"] in (2, 4):  # checkpoints are saved at steps 2 and 4
+        assert kept == [f"checkpoint-{best['step']}"]
+        assert best["checkpoint_saved"] is True

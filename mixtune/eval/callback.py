@@ -3,7 +3,8 @@
 Each evaluation writes a full `mixtune eval run` folder under `<output_dir>/heldout_eval/step-<N>/`,
 logs `heldout/<setting>/<metric>` through the trainer (so the trainer's logs, console and wandb get
 it), and keeps `<output_dir>/best_heldout_checkpoint.json` pointing at the step (and checkpoint
-folder) with the best `metric_for_best` so far. Every process takes part (generation is split
+folder) with the best `metric_for_best` so far; the trainer state's best_global_step/best_metric are
+set too, so the Trainer keeps that checkpoint out of save_total_limit's rotation. Every process takes part (generation is split
 across processes, as ZeRO-3 requires); the main process writes the files.
 """
 
@@ -109,6 +110,9 @@ class HeldOutEvalCallback(TrainerCallback):
         self.history.append({"step": step, "value": value})
         if self.best is None or value > self.best["value"]:
             self.best = {"step": step, "value": value}
+        # The Trainer then records checkpoint-<best step> as state.best_model_checkpoint when it saves,
+        # and its checkpoint rotation (save_total_limit) never deletes that checkpoint.
+        state.best_global_step, state.best_metric = self.best["step"], self.best["value"]
         if state.is_world_process_zero:
             self._write_best(args)
         if self.trainer is not None:
