@@ -61,7 +61,8 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         ignore_data_skip=True,
         remove_unused_columns=False,
         accelerator_config={"dispatch_batches": False, "split_batches": False},
-        dataloader_num_workers=0,
+        dataloader_num_workers=0,  # examples are formatted in the collator, on demand
+        dataloader_pin_memory=_has_accelerator(),
         deepspeed=(deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source)
                    or from_launcher_env()),
         ddp_timeout=recipe.distributed.timeout_s,
