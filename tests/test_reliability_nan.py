@@ -41,7 +41,7 @@ def _train(tmp_path: Path, policy: str | None) -> tuple[torch.nn.Module, NanGuar
 
     recipe = load_recipe(REPO / "recipes/tiny_causal.yaml", [
         f"output_dir={tmp_path / 'run'}", "training.save_steps=1000", "training.logging_steps=1",
-        "training.on_nan=ignore", "training.per_device_batch_size=2", "data.max_length=64",
+        "training.on_nan=skip", "training.per_device_batch_size=2", "data.max_length=64",
         "data.max_source_length=48"])
     plan = plan_for(recipe)
     model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
@@ -100,3 +100,32 @@ def test_too_many_skips_in_a_row_stop(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="in a row"):
         trainer.train()
     assert _finite(model)
+
+
+DIVERGE = ["training.learning_rate=1e30", "training.warmup_ratio=0", "training.max_steps=4",
+           "training.save_steps=1000", "training.per_device_batch_size=2", "data.max_length=64",
+           "data.max_source_length=48"]
+
+
+def test_mixtune_train_stops_on_divergence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """End to end: a learning rate of 1e30 makes step 2's loss non-finite; `mixtune train` stops there."""
+    from mixtune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(REPO / "recipes/tiny_causal.yaml"), f"output_dir={out}", *DIVERGE]) == 2
+    err = capsys.readouterr().err
+    assert "NaN/inf at step 2" in err and "training.on_nan" in err and "the batch's tasks" in err
+    assert not (out / "final").exists()
+
+
+def test_mixtune_train_skips_on_divergence(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from mixtune.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", str(REPO / "recipes/tiny_causal.yaml"), f"output_dir={out}", *DIVERGE,
+                 "training.on_nan=skip"]) == 0
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+    assert "step skipped" in (out / "train.log").read_text()

@@ -100,7 +100,7 @@ def test_filter_on_root_handler_covers_child_loggers(secret_env: None) -> None:
     root.setLevel(logging.INFO)
     try:
         install_log_redaction()
-        logging.getLogger("transformers.some.module").info("using token %s", HF)
+        logging.getLogger("somelibrary.module").info("using token %s", HF)
     finally:
         root.removeHandler(handler)
         root.setLevel(old)
