@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mixtune.errors import HeldOutError
 from mixtune.recipe import load_recipe
@@ -36,21 +38,27 @@ def _losses(train_log: Path) -> list[float]:
     return out
 
 
-@pytest.mark.integration
-def test_zero3_two_processes_train_and_save_a_loadable_model(tmp_path: Path) -> None:
-    """`accelerate launch --use_deepspeed --zero_stage 3` (gloo on CPU); shards gathered into final/."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path / "run"
+def _zero3_run(out: Path, *extra: str) -> None:
     env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--num_processes", "2", "--use_deepspeed", "--zero_stage", "3",
            "--main_process_port", str(_free_port()), "-m", "mixtune", "train", str(TINY), *FAST,
-           "training.max_steps=2", "training.save_steps=2", f"output_dir={out}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # first run compiles a DeepSpeed op
+           "training.max_steps=4", "training.save_steps=2", f"output_dir={out}", *extra]
+    # timeout: the first DeepSpeed run on a machine compiles its shared-memory communication op
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
 
+
+@pytest.mark.integration
+def test_zero3_two_processes_train_save_a_loadable_model_and_resume_exactly(tmp_path: Path) -> None:
+    """`accelerate launch --use_deepspeed --zero_stage 3` (gloo on CPU): shards gathered into final/, and a
+    run resumed from the step-2 checkpoint ends with the same parameters as the uninterrupted run."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    _zero3_run(out)
     checkpoint = out / "checkpoint-2"
     assert (checkpoint / "COMPLETE").is_file()
     assert (checkpoint / "global_step2").is_dir()  # DeepSpeed's partitioned optimizer state
@@ -59,14 +67,22 @@ def test_zero3_two_processes_train_and_save_a_loadable_model(tmp_path: Path) -> 
 
     final = out / "final"
     run = json.loads((final / "mixtune_run.json").read_text())
-    assert run["zero_stage"] == 3 and run["world_size"] == 2 and run["trained_examples"] == 8
-    assert sum(run["trained_task_counts"].values()) == 8
+    assert run["zero_stage"] == 3 and run["world_size"] == 2 and run["trained_examples"] == 16
+    assert sum(run["trained_task_counts"].values()) == 16
     assert run["mixture_hash"] == run["mixture"]["hash"]
     model = AutoModelForCausalLM.from_pretrained(final)
     tokenizer = AutoTokenizer.from_pretrained(final)
     hidden = run["recipe"]["model"]["config"]["hidden_size"]
     assert model.get_input_embeddings().weight.shape == (len(tokenizer), hidden)  # gathered, not a shard
     assert float(model.get_input_embeddings().weight.detach().abs().sum()) > 0
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(checkpoint, resumed / "checkpoint-2")
+    _zero3_run(resumed)
+    assert "resuming from" in (resumed / "train.log").read_text()
+    a, b = load_file(str(final / "model.safetensors")), load_file(str(resumed / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.integration
