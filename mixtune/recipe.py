@@ -42,6 +42,10 @@ class DataSection(StrictModel):
     mixture: str | dict[str, Any] = Field(
         description="Mixture YAML file (relative paths resolve against the recipe's folder) or an inline "
         "mixture mapping (the same keys as a mixture file).")
+    collection: str | None = Field(
+        None, description="A SuperNI-format folder (or `bundled`) that replaces the path of every superni "
+        "source of the mixture, nested mixtures included: point a shipped recipe at your checkout. "
+        "Relative paths resolve against the working directory. `mixtune train --collection PATH` sets it.")
     max_source_length: int | None = Field(
         None, ge=1, description="Prompt budget in tokens: demonstrations that do not fit are dropped, then "
         "the prompt is cut (Tk-Instruct's rule). Default: no limit.")

@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="recipe YAML file (see docs/recipes.md)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override recipe fields, e.g. training.learning_rate=1e-4 resume=never")
+    p.add_argument("--collection", metavar="PATH", default=None,
+                   help="a SuperNI-format folder (or `bundled`) for the mixture's superni sources "
+                   "(the same as data.collection=PATH)")
     p.add_argument("--print-launch", action="store_true",
                    help="print the launch command for the recipe's distributed.nodes / processes_per_node "
                    "and exit")
@@ -29,11 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from mixtune.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if args.collection is not None:
+        overrides.append(f"data.collection={args.collection}")
+    recipe = load_recipe(args.recipe, overrides)
     if args.print_launch:
         from mixtune.train.launch import launch_command
 
-        print(launch_command(recipe, args.recipe, args.overrides))
+        print(launch_command(recipe, args.recipe, overrides))
         return 0
     from mixtune.train.run import run_training
 

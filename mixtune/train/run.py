@@ -47,7 +47,7 @@ def plan_for(recipe: Recipe) -> Any:
     from mixtune.mixtures.plan import plan_mixture
     from mixtune.mixtures.spec import load_mixture
 
-    return plan_mixture(load_mixture(recipe.data.mixture))
+    return plan_mixture(load_mixture(recipe.data.mixture, collection=recipe.data.collection))
 
 
 def total_steps(recipe: Recipe, plan_size: int, global_batch: int) -> int:
