@@ -278,3 +278,31 @@ def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path)
     if best["step"] in (2, 4):  # checkpoints are saved at steps 2 and 4
         assert kept == [f"checkpoint-{best['step']}"]
         assert best["checkpoint_saved"] is True
+
+
+def test_callback_at_start_puts_the_model_before_training_beside_the_trained_one(collection, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from mixtune.eval.callback import EVAL_DIR, HeldOutEvalCallback
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    ids = tokenizer("Definition: say yes. Output: yes")["input_ids"]
+    spec = small_spec(tasks=TASKS[:2], max_instances_per_task=2, settings=["zero_shot", "def_pos2"],
+                      at_start=True, max_new_tokens=3)
+    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=2, per_device_train_batch_size=4,
+                             learning_rate=1e-3, save_strategy="no", report_to=[], use_cpu=True,
+                             disable_tqdm=True)
+    callback = HeldOutEvalCallback(spec, tokenizer, collection=collection)
+    Trainer(model=model, args=args, train_dataset=[{"input_ids": ids, "labels": ids}] * 8,
+            callbacks=[callback]).train()
+
+    root = Path(args.output_dir) / EVAL_DIR
+    assert sorted(p.name for p in root.iterdir()) == ["step-0", "step-2"]
+    before = json.loads((root / "step-0" / "metrics.json").read_text())
+    final = json.loads((root / "step-2" / "metrics.json").read_text())
+    assert set(final["others"]) == {"before training [zero_shot]", "before training [def_pos2]"}
+    assert final["others"]["before training [zero_shot]"]["overall"] == before["settings"]["zero_shot"]["overall"]
+    report = (root / "step-2" / "report.md").read_text()
+    assert "before training [zero_shot]" in report and "copy_input" in report

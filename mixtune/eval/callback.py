@@ -73,6 +73,10 @@ class HeldOutEvalCallback(TrainerCallback):
         return self
 
     # -- TrainerCallback events ------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.spec.at_start and state.global_step == 0:
+            self.evaluate(args, state, kwargs["model"])
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         every = self.spec.every_n_steps
         if every and state.global_step > 0 and state.global_step % every == 0:
@@ -102,19 +106,21 @@ class HeldOutEvalCallback(TrainerCallback):
             self.collection = _open_collection(self.spec)
         out = self._root(args) / EVAL_DIR / f"step-{step}"
         metrics = run_eval(model, self.spec, out, tokenizer=self.tokenizer, collection=self.collection,
-                           baselines=final and self.baselines_at_end, overwrite=True, progress=False, step=step)
+                           baselines=final and self.baselines_at_end, overwrite=True, progress=False, step=step,
+                           others=self._initial_scores(args) if final else None)
         summary = _share(
             {"logs": flat_metrics(metrics), "value": best_value(metrics, self.spec.metric_for_best)}
             if metrics else None)
         logs, value = summary["logs"], summary["value"]
         self.history.append({"step": step, "value": value})
-        if self.best is None or value > self.best["value"]:
+        if step > 0 and (self.best is None or value > self.best["value"]):  # step 0: no checkpoint to keep
             self.best = {"step": step, "value": value}
-        # The Trainer then records checkpoint-<best step> as state.best_model_checkpoint when it saves,
-        # and its checkpoint rotation (save_total_limit) never deletes that checkpoint.
-        state.best_global_step, state.best_metric = self.best["step"], self.best["value"]
-        if state.is_world_process_zero:
-            self._write_best(args)
+        if self.best is not None:
+            # The Trainer then records checkpoint-<best step> as state.best_model_checkpoint when it saves,
+            # and its checkpoint rotation (save_total_limit) never deletes that checkpoint.
+            state.best_global_step, state.best_metric = self.best["step"], self.best["value"]
+            if state.is_world_process_zero:
+                self._write_best(args)
         if self.trainer is not None:
             self.trainer.log(dict(logs))
         else:
@@ -122,6 +128,16 @@ class HeldOutEvalCallback(TrainerCallback):
             if state.is_world_process_zero:
                 log.info("held-out evaluation at step %d: %s", step, logs)
         return logs
+
+    def _initial_scores(self, args: Any) -> dict[str, Any]:
+        """The step-0 evaluation's score tables (`eval.at_start`), named for the report: 'before training [setting]'."""
+        path = self._root(args) / EVAL_DIR / "step-0" / "metrics.json"
+        if not self.spec.at_start or not path.is_file():
+            return {}
+        import json
+
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+        return {f"before training [{name}]": scores for name, scores in settings.items()}
 
     def _write_best(self, args: Any) -> None:
         assert self.best is not None

@@ -174,6 +174,7 @@ def run_view(metrics: Scores | Mapping[str, Any], *, name: str | None = None,
         name = name or f"{Path(str(model)).name or model} [{primary}]"
         found_others = {f"{Path(str(model)).name or model} [{s}]": Scores.from_json(v)
                         for s, v in settings.items() if s != primary}
+        found_others.update({k: Scores.from_json(v) for k, v in metrics.get("others", {}).items()})
         found_baselines = {k: Scores.from_json(v) for k, v in metrics.get("baselines", {}).items()}
         rank = {k: Scores.from_json(v) for k, v in metrics.get("rank_classification", {}).items()}
         for key in ("model", "kind", "step", "collection", "split", "max_instances_per_task"):

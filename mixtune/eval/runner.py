@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +152,11 @@ def _primary(scores: dict[str, Any]) -> float:
 
 def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool = True,
              tokenizer: Any = None, collection: Any = None, overwrite: bool = False, report: bool = True,
-             progress: bool = True, step: int | None = None) -> dict[str, Any]:
+             progress: bool = True, step: int | None = None,
+             others: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Evaluate `model` (a folder written by save_pretrained, or a model object with `tokenizer=`)
     on the held-out tasks of `spec`; write predictions, metrics.json and the report into `out_dir`.
+    `others` (name -> another run's score tables, e.g. the model before training) go beside it in the report.
 
     Under several accelerate processes every process generates its share; the main process writes
     and returns the metrics (the others return {}).
@@ -189,7 +191,7 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         "model": model_name, "kind": kind, "step": step, "collection": str(getattr(collection, "path", spec.collection)),
         "split": spec.split, "tasks": tasks, "max_instances_per_task": spec.max_instances_per_task,
         "primary_setting": spec.settings[0], "settings": {}, "baselines": {}, "rank_classification": {},
-        "rouge_tokenizer": "default",
+        "rouge_tokenizer": "default", "others": dict(others or {}),
     }
     for number, setting in enumerate(spec.settings):
         primary = number == 0

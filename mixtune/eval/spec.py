@@ -61,6 +61,9 @@ class EvalSpec(StrictModel):
         "examples have at most this many distinct outputs.")
     every_n_steps: int | None = Field(
         None, ge=1, description="During training: evaluate every N optimizer steps (and always at the end).")
+    at_start: bool = Field(
+        False, description="During training: also evaluate the model before its first step (the untrained "
+        "or initial model) and show it beside the trained model in the final report.")
     metric_for_best: str = Field(
         "rougeL", description="Overall metric of the first setting that picks the best checkpoint during "
         "training: rougeL, exact_match or primary (per-category primary metric, averaged).")
