@@ -23,11 +23,13 @@ SETTINGS = ["training.max_steps=4", "training.save_steps=2", "training.save_tota
             "data.max_source_length=48"]
 KILL_STEP = 3  # rank 1 dies as optimizer step 3 begins: checkpoint-2 is the last complete one
 DRIVER = """
-import os, signal, sys
+import os, signal, sys, time
 import transformers
 _begin = transformers.TrainerCallback.on_step_begin
 def on_step_begin(self, args, state, control, **kwargs):
     if os.environ.get("RANK") == "1" and state.global_step + 1 == int(os.environ["KILL_STEP"]):
+        if os.environ.get("HANG"):
+            time.sleep(10**6)  # alive but stuck: the others wait in a collective until the timeout
         os.kill(os.getpid(), signal.SIGKILL)
     return _begin(self, args, state, control, **kwargs)
 if os.environ.get("KILL_STEP"):
@@ -43,17 +45,21 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path: Path, out: Path, kill_step: int | None = None, timeout: int = 240) -> tuple[int, str, float]:
+def _launch(tmp_path: Path, out: Path, kill_step: int | None = None, timeout: int = 240,
+            extra: tuple[str, ...] = (), hang: bool = False) -> tuple[int, str, float]:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     env.pop("KILL_STEP", None)
+    env.pop("HANG", None)
+    if hang:
+        env["HANG"] = "1"
     if kill_step is not None:
         env["KILL_STEP"] = str(kill_step)
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "2", "--use_deepspeed",
            "--zero_stage", "2", "--main_process_port", str(_port()), str(driver), RECIPE, f"output_dir={out}",
-           *SETTINGS]
+           *SETTINGS, *extra]
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
@@ -84,3 +90,15 @@ def test_rank_killed_then_resumed(tmp_path: Path) -> None:
     assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.integration
+def test_hung_rank_ends_the_job_after_the_timeout(tmp_path: Path) -> None:
+    """Rank 1 stops responding (sleeps) at step 3: with distributed.timeout_s=15 the job ends, not in 30 min."""
+    out = tmp_path / "hung"
+    code, log, seconds = _launch(tmp_path, out, KILL_STEP, timeout=150, extra=("distributed.timeout_s=15",),
+                                 hang=True)
+    print(f"hung run stopped after {seconds:.1f} s")
+    assert code != 0, log[-3000:]
+    assert "Timed out waiting 15000ms" in log, log[-3000:]
+    assert latest_complete(out) == out / "checkpoint-2" and not (out / "final").exists()

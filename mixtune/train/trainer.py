@@ -25,6 +25,7 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
     from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
     t, lg = recipe.training, recipe.logging
+    _collective_timeout(recipe.distributed.timeout_s)
     if lg.wandb == "disabled":
         report_to: list[str] = []
     else:
@@ -68,6 +69,20 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         ddp_timeout=recipe.distributed.timeout_s,
         use_cpu=not _has_accelerator(),  # on CPU, several processes need accelerate's gloo setup
     )
+
+
+def _collective_timeout(seconds: int) -> None:
+    """Make `seconds` the timeout of every process group created from now on.
+
+    `ddp_timeout` alone does not reach all of them: accelerate's CPU (gloo) set-up creates the default
+    group without it, and DeepSpeed creates its data-parallel groups with torch's default (30 min), so
+    a hung process would stall the others for half an hour. torch reads this default at group creation.
+    """
+    from datetime import timedelta
+
+    import torch.distributed.distributed_c10d as c10d
+
+    c10d.default_pg_timeout = timedelta(seconds=seconds)
 
 
 def _has_accelerator() -> bool:
