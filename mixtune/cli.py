@@ -58,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MixtuneError as e:
         print(f"mixtune: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only folder, ...: say which file, without a traceback (-v shows it)
+        if args.verbose:
+            raise
+        print(f"mixtune: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mixtune: interrupted", file=sys.stderr)
         return 130

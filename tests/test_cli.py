@@ -59,3 +59,19 @@ def test_mixtune_error_is_one_line_without_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr and "temperature" in proc.stderr
+
+
+def test_disk_errors_are_reported_without_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import mixtune.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/metrics.json")
+
+    parser = build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser, full))
+    assert main(["train", "r.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "/out/metrics.json" in err and "Traceback" not in err
