@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MixtuneError as e:
         print(f"mixtune: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # disk full, read-only folder, ...: say which file, without a traceback (-v shows it)
         if args.verbose:
             raise
