@@ -123,3 +123,33 @@ def test_random_split_file_lines(lines: list[str], part: str) -> None:
         assert split is not None
         for name in (*split.train, *split.test, *split.excluded):
             assert "/" not in name and name != ".." and not Path(name).is_absolute()
+
+
+jsonl_lines = st.lists(st.one_of(
+    st.fixed_dictionaries({"task": maybe(st.sampled_from(["t1", "t2"])), "input": maybe(texts),
+                           "output": maybe(st.lists(texts, max_size=2))},
+                          optional={"definition": maybe(texts), "id": maybe(texts), "category": maybe(texts)}),
+    json_values), max_size=4)
+
+
+@FUZZ
+@given(lines=jsonl_lines)
+def test_jsonl_tasks(lines: list) -> None:
+    """The JSONL collection loader: random lines give tasks or a DataError."""
+    from mixtune.tasks.collection import open_collection
+
+    root = Path(tempfile.mkdtemp(prefix="fuzz-jsonl-"))
+    try:
+        path = root / "tasks.jsonl"
+        path.write_bytes("\n".join(json.dumps(line) for line in lines).encode("utf-8", "surrogatepass"))
+
+        def read() -> object:
+            collection = open_collection("jsonl", path)
+            for task in collection.task_names():
+                collection.info(task)
+                assert collection.instances(task).num_rows > 0
+            return collection
+
+        result_or_mixtune_error(read)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
