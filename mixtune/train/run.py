@@ -95,6 +95,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         text_log.write(("resuming from " + str(resume_from) + f" at step {start_step}, stream position "
                         f"{start_position}") if resume_from else "starting fresh")
 
+    if is_main and "wandb" in args.report_to:
+        _start_wandb(recipe, args.run_name)
     set_seed(recipe.training.seed)
     from mixtune.train.modeling import load_model_and_tokenizer
 
@@ -144,6 +146,20 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     _finish_wandb()
     _detach_file_log()
     return final
+
+
+def _start_wandb(recipe: Recipe, run_name: str | None) -> None:
+    """Open this run's wandb run under output_dir/wandb (the Trainer's callback then logs to it).
+
+    Opened here rather than by the callback because wandb reads WANDB_DIR only once per process: a
+    second run in the same process would otherwise write into the first run's folder.
+    """
+    import wandb
+
+    from mixtune.secrets import redact
+
+    wandb.init(project=recipe.logging.project, name=run_name, dir=recipe.output_dir,
+               mode=recipe.logging.wandb, config={"recipe": redact(recipe_dict(recipe))}, reinit="finish_previous")
 
 
 def _finish_wandb() -> None:
