@@ -30,6 +30,18 @@ _COMMON: dict[str, Any] = {
     "wall_clock_breakdown": False,
 }
 
+_ZERO3: dict[str, Any] = {
+    "stage": 3,
+    "overlap_comm": True,
+    "contiguous_gradients": True,
+    "reduce_bucket_size": "auto",
+    "stage3_prefetch_bucket_size": "auto",
+    "stage3_param_persistence_threshold": "auto",
+    "stage3_max_live_parameters": 1000000000,
+    "stage3_max_reuse_distance": 1000000000,
+    "stage3_gather_16bit_weights_on_model_save": True,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "zero2": {
         **_COMMON,
@@ -42,20 +54,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "reduce_bucket_size": "auto",
         },
     },
-    "zero3": {
-        **_COMMON,
-        "zero_optimization": {
-            "stage": 3,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": "auto",
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            "stage3_max_live_parameters": 1000000000,
-            "stage3_max_reuse_distance": 1000000000,
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
-    },
+    "zero3": {**_COMMON, "zero_optimization": _ZERO3},
     "zero3_offload": {
         **_COMMON,
         "optimizer": {
@@ -63,17 +62,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
         },
         "zero_optimization": {
-            "stage": 3,
+            **_ZERO3,
             "offload_optimizer": {"device": "cpu", "pin_memory": True},
             "offload_param": {"device": "cpu", "pin_memory": True},
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": "auto",
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            "stage3_max_live_parameters": 1000000000,
-            "stage3_max_reuse_distance": 1000000000,
-            "stage3_gather_16bit_weights_on_model_save": True,
         },
     },
 }
