@@ -171,7 +171,9 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     if isinstance(model, (str, Path)):
         model_name = str(Path(model).resolve()) if Path(model).exists() else str(model)
     else:
-        model_name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+        # an in-memory model (the training callback): name it by its training step when there is one
+        model_name = (f"model at step {step}" if step is not None else
+                      getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
     model, tokenizer, kind = _load_model(model, tokenizer)
     collection = collection if collection is not None else _open_collection(spec)
     tasks = resolve_tasks(collection, spec.split, spec.tasks)
