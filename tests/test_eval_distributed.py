@@ -10,13 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import TINY_LLAMA
 
 from mixtune.eval.runner import run_eval
 from mixtune.eval.spec import EvalSpec
 
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 # 3 tasks x 3 instances = 9 prompts: an uneven split over 2 processes (5 + 4, the short share padded)
 SPEC = {"tasks": ["task199_mnli_classification", "task1390_wscfixed_coreference", "task288_gigaword_summarization"],
         "max_instances_per_task": 3, "settings": ["zero_shot"], "max_new_tokens": 6, "batch_size": 2,
@@ -43,26 +41,14 @@ WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
-
-    torch.manual_seed(1)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
-    path = tmp_path_factory.mktemp("tiny-llama-dist")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.mark.integration
-def test_two_process_evaluation_equals_single_process(model_dir, tmp_path):
+def test_two_process_evaluation_equals_single_process(tiny_llama_dir, tmp_path):
     from mixtune.eval.generation import generate
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
     prompts = [f"Input: {'word ' * (i * 5 % 17)}item {i}.\nOutput: " for i in range(7)]  # 7: uneven again
     single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(name_or_path=str(model_dir)))
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(name_or_path=str(tiny_llama_dir)))
     single = run_eval(model, EvalSpec(**SPEC), single_dir, tokenizer=tokenizer, baselines=False, progress=False)
 
     script = tmp_path / "worker.py"
@@ -70,7 +56,7 @@ def test_two_process_evaluation_equals_single_process(model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(script), str(model_dir), str(multi_dir), json.dumps(SPEC), json.dumps(prompts)]
+           str(script), str(tiny_llama_dir), str(multi_dir), json.dumps(SPEC), json.dumps(prompts)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -133,7 +119,7 @@ def test_periodic_evaluation_under_zero3_two_processes(tmp_path):
     out = tmp_path / "train"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_deepspeed",
-           "--zero_stage", "3", "--main_process_port", "0", str(script), str(out), json.dumps(spec), json.dumps(LLAMA)]
+           "--zero_stage", "3", "--main_process_port", "0", str(script), str(out), json.dumps(spec), json.dumps(TINY_LLAMA)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     for step in (1, 2):

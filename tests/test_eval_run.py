@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_LLAMA
 
 from mixtune.errors import ConfigError, DataError
 from mixtune.eval.evalsets import build_eval_set, label_set, resolve_tasks
@@ -16,26 +17,11 @@ from mixtune.eval.spec import EvalSpec, load_eval_spec
 from mixtune.tasks.collection import open_collection
 
 TASKS = ["task199_mnli_classification", "task1390_wscfixed_coreference", "task288_gigaword_summarization"]
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="module")
 def collection(bundled_dir):
     return open_collection(path=bundled_dir)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny Llama with the MiniLM tokenizer, written with save_pretrained."""
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
-
-    torch.manual_seed(0)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def small_spec(**changes) -> EvalSpec:
@@ -149,9 +135,9 @@ def test_label_set(collection):
 
 # -- eval run ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def finished_run(model_dir, collection, tmp_path_factory):
+def finished_run(tiny_llama_dir, collection, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
-    metrics = run_eval(model_dir, small_spec(rank_classification=True), out, collection=collection, progress=False)
+    metrics = run_eval(tiny_llama_dir, small_spec(rank_classification=True), out, collection=collection, progress=False)
     return out, metrics
 
 
@@ -189,7 +175,7 @@ def test_eval_run_writes_everything(finished_run, collection):
     assert (out / "categories.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_eval_run_resumes_from_partial_predictions(finished_run, model_dir, collection, tmp_path):
+def test_eval_run_resumes_from_partial_predictions(finished_run, tiny_llama_dir, collection, tmp_path):
     out, metrics = finished_run
     lines = read_jsonl(out / "predictions.jsonl")
     # an interrupted run: rank 0 had written 5 of the 9 def_pos2 predictions, the last one cut mid-line
@@ -198,7 +184,7 @@ def test_eval_run_resumes_from_partial_predictions(finished_run, model_dir, coll
     shutil.copy(out / "run.json", resumed / "run.json")
     partial = "".join(json.dumps(r) + "\n" for r in lines[:5]) + json.dumps(lines[5])[:40]
     (resumed / PARTIAL_DIR / "predictions.def_pos2.rank0.jsonl").write_text(partial)
-    again = run_eval(model_dir, small_spec(rank_classification=True), resumed, collection=collection, progress=False)
+    again = run_eval(tiny_llama_dir, small_spec(rank_classification=True), resumed, collection=collection, progress=False)
     assert again["settings"]["def_pos2"]["reused"] == 5 and again["settings"]["def_pos2"]["generated"] == 4
     assert read_jsonl(resumed / "predictions.jsonl") == lines
     for key in ("overall", "per_category", "per_task", "baselines", "rank_classification"):
@@ -206,31 +192,31 @@ def test_eval_run_resumes_from_partial_predictions(finished_run, model_dir, coll
     assert not (resumed / PARTIAL_DIR).exists()
 
 
-def test_eval_run_reuses_rather_than_regenerates(finished_run, model_dir, collection, tmp_path):
+def test_eval_run_reuses_rather_than_regenerates(finished_run, tiny_llama_dir, collection, tmp_path):
     out, _ = finished_run
     lines = read_jsonl(out / "predictions.jsonl")
     marked = {**lines[0], "prediction": "a prediction the model would not write"}
     target = tmp_path / "marked"
     (target / PARTIAL_DIR).mkdir(parents=True)
     (target / PARTIAL_DIR / "predictions.def_pos2.rank1.jsonl").write_text(json.dumps(marked) + "\n")
-    run_eval(model_dir, small_spec(settings=["def_pos2"]), target, collection=collection, baselines=False,
+    run_eval(tiny_llama_dir, small_spec(settings=["def_pos2"]), target, collection=collection, baselines=False,
              progress=False)
     assert read_jsonl(target / "predictions.jsonl") == [marked, *lines[1:]]
 
 
-def test_eval_run_refuses_a_folder_of_another_evaluation(finished_run, model_dir, collection):
+def test_eval_run_refuses_a_folder_of_another_evaluation(finished_run, tiny_llama_dir, collection):
     out, _ = finished_run
     with pytest.raises(ConfigError, match="max_new_tokens"):
-        run_eval(model_dir, small_spec(max_new_tokens=7), out, collection=collection, progress=False)
+        run_eval(tiny_llama_dir, small_spec(max_new_tokens=7), out, collection=collection, progress=False)
 
 
-def test_eval_run_cli(model_dir, tmp_path):
+def test_eval_run_cli(tiny_llama_dir, tmp_path):
     from mixtune.cli import main
 
     eval_yaml = tmp_path / "eval.yaml"
     eval_yaml.write_text("max_instances_per_task: 2\nmax_new_tokens: 4\nmax_source_length: 128\n")
     out = tmp_path / "cli-run"
-    code = main(["eval", "run", str(model_dir), "--eval", str(eval_yaml), "--out", str(out),
+    code = main(["eval", "run", str(tiny_llama_dir), "--eval", str(eval_yaml), "--out", str(out),
                  "--tasks", "task199*,task1390*", "--settings", "zero_shot", "--no-baselines"])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -247,7 +233,7 @@ def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path)
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
     torch.manual_seed(0)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
     ids = tokenizer("Definition: say yes. Output: yes")["input_ids"]
     data = [{"input_ids": ids, "labels": ids}] * 8
     spec = small_spec(tasks=TASKS[:2], max_instances_per_task=2, settings=["zero_shot"], every_n_steps=2,
@@ -287,7 +273,7 @@ def test_callback_at_start_puts_the_model_before_training_beside_the_trained_one
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
     torch.manual_seed(0)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
     ids = tokenizer("Definition: say yes. Output: yes")["input_ids"]
     spec = small_spec(tasks=TASKS[:2], max_instances_per_task=2, settings=["zero_shot", "def_pos2"],
                       at_start=True, max_new_tokens=3)

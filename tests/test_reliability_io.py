@@ -12,15 +12,12 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 
 from mixtune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MIXTURE = str(REPO / "data_mixtures" / "superni_sample.yaml")
 SMALL = ["--set", "epochs=null", "--set", "total_examples=300"]
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 
 
 def _enospc(path: object = None) -> OSError:
@@ -115,17 +112,6 @@ def test_disk_full_on_first_build_leaves_nothing(tmp_path: Path, monkeypatch: py
 
 # ---- eval run ----
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
-
-    torch.manual_seed(0)
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 EVAL_ARGS = ["--tasks", "task199_mnli_classification,task288_gigaword_summarization", "--max-instances", "4",
              "--settings", "def_pos2", "--batch-size", "2", "--max-new-tokens", "5", "--max-source-length", "160",
@@ -133,9 +119,9 @@ EVAL_ARGS = ["--tasks", "task199_mnli_classification,task288_gigaword_summarizat
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def uninterrupted(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "full"
-    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 0
+    assert main(["eval", "run", str(tiny_llama_dir), "--out", str(out), *EVAL_ARGS]) == 0
     return out
 
 
@@ -148,7 +134,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_eval_killed_mid_generation_resumes(model_dir: Path, uninterrupted: Path, tmp_path: Path) -> None:
+def test_eval_killed_mid_generation_resumes(tiny_llama_dir: Path, uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     script = "\n".join([
         "import os, sys",
@@ -161,14 +147,14 @@ def test_eval_killed_mid_generation_resumes(model_dir: Path, uninterrupted: Path
         "        os._exit(9)  # killed after two batches were written",
         "runner._PartialWriter.__call__ = call",
         "from mixtune.cli import main",
-        f"sys.exit(main(['eval', 'run', {str(model_dir)!r}, '--out', {str(out)!r}, *{EVAL_ARGS!r}]))",
+        f"sys.exit(main(['eval', 'run', {str(tiny_llama_dir)!r}, '--out', {str(out)!r}, *{EVAL_ARGS!r}]))",
     ])
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 9, done.stderr[-2000:]
     assert not (out / "predictions.jsonl").exists() and not (out / "metrics.json").exists()
     partial = list((out / "partial").glob("*.jsonl"))
     assert len(partial) == 1 and len(_lines(partial[0])) == 4
-    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 0
+    assert main(["eval", "run", str(tiny_llama_dir), "--out", str(out), *EVAL_ARGS]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["def_pos2"]["reused"] == 4 and metrics["settings"]["def_pos2"]["generated"] == 4
     assert _metrics(out) == _metrics(uninterrupted)
@@ -176,13 +162,13 @@ def test_eval_killed_mid_generation_resumes(model_dir: Path, uninterrupted: Path
 
 
 @pytest.mark.parametrize("target", ["predictions.jsonl", "metrics.json"])
-def test_disk_full_during_eval_outputs(model_dir: Path, uninterrupted: Path, tmp_path: Path,
+def test_disk_full_during_eval_outputs(tiny_llama_dir: Path, uninterrupted: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, target: str,
                                        capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval"
     hits = _fsync_fails_for(monkeypatch, f".{target}.")
     capsys.readouterr()
-    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 1
+    assert main(["eval", "run", str(tiny_llama_dir), "--out", str(out), *EVAL_ARGS]) == 1
     err = capsys.readouterr().err
     assert "mixtune: error: [Errno 28] No space left on device" in err and target in err and hits
     assert not (out / target).exists() and not (out / "metrics.json").exists()
@@ -190,7 +176,7 @@ def test_disk_full_during_eval_outputs(model_dir: Path, uninterrupted: Path, tmp
     if target == "predictions.jsonl":  # generated predictions are kept for the re-run
         assert len(_lines(next((out / "partial").glob("*.jsonl")))) == 8
     monkeypatch.undo()
-    assert main(["eval", "run", str(model_dir), "--out", str(out), *EVAL_ARGS]) == 0
+    assert main(["eval", "run", str(tiny_llama_dir), "--out", str(out), *EVAL_ARGS]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert _metrics(out) == _metrics(uninterrupted)
     if target == "predictions.jsonl":
