@@ -56,6 +56,12 @@ def test_write_report(tmp_path, runs) -> None:
         assert f"**{row[prim]:.2f}**" in text
     assert "## Worst tasks" in text and "## Best tasks" in text
     assert "setting: def_pos2" in text
+    ours = model.overall["rougeL"]
+    for label, base in baselines.items():  # one sentence says where the run stands against each baseline
+        theirs = base.overall["rougeL"]
+        side = "above" if ours > theirs else "below"
+        assert f"{side} {label} ({theirs:.2f}) by {abs(ours - theirs):.2f}" in text
+    assert f"Against the baselines, tiny-model's overall ROUGE-L ({ours:.2f}) is " in text
 
     png = paths["plot"].read_bytes()
     assert png.startswith(b"\x89PNG")

@@ -292,3 +292,23 @@ def test_callback_at_start_puts_the_model_before_training_beside_the_trained_one
     assert final["others"]["before training [zero_shot]"]["overall"] == before["settings"]["zero_shot"]["overall"]
     report = (root / "step-2" / "report.md").read_text()
     assert "before training [zero_shot]" in report and "copy_input" in report
+
+
+def test_eval_run_outputs_hold_no_secret(tiny_llama_dir, collection, tmp_path, monkeypatch):
+    """A token that ends up in a path (here the model folder's name) is masked in run.json, metrics.json and
+    report.md, and a rerun still recognises the folder as the same evaluation."""
+    import shutil
+
+    from mixtune.secrets import MASK
+
+    token = "hf_" + "k3y" * 8
+    monkeypatch.setenv("HF_TOKEN", token)
+    model = tmp_path / f"model-{token}"
+    shutil.copytree(tiny_llama_dir, model)
+    out = tmp_path / "eval"
+    spec = small_spec(settings=["zero_shot"], max_instances_per_task=1)
+    run_eval(model, spec, out, collection=collection, baselines=False, progress=False)
+    for name in ("run.json", "metrics.json", "report.md"):
+        text = (out / name).read_text(encoding="utf-8")
+        assert token not in text and MASK in text, name
+    run_eval(model, spec, out, collection=collection, baselines=False, progress=False)  # no "different evaluation"

@@ -69,6 +69,8 @@ def render_report(
     for label, s in columns.items():
         kind = " (baseline)" if label in baselines else ""
         lines.append(f"| {label}{kind} | {_fmt(s.overall['exact_match'])} | {_fmt(s.overall['rougeL'])} |")
+    if baselines:
+        lines += ["", standing(name, scores, baselines)]
 
     extra = [*others, *baselines]
     lines += ["", "## Per category", "",
@@ -105,6 +107,17 @@ def render_report(
             lines.append(f"| {setting} | {len(s.per_task)} | {s.num_instances.get('overall', '?')} | "
                          f"{_fmt(s.overall['exact_match'])} |")
     return "\n".join(lines) + "\n"
+
+
+def standing(name: str, scores: Scores, baselines: Mapping[str, Scores]) -> str:
+    """One sentence: the run's overall ROUGE-L above or below each baseline, and by how much."""
+    ours = scores.overall["rougeL"]
+    parts = []
+    for label, base in baselines.items():
+        theirs = base.overall["rougeL"]
+        side = "above" if ours > theirs else "below" if ours < theirs else "level with"
+        parts.append(f"{side} {label} ({_fmt(theirs)})" + (f" by {_fmt(abs(ours - theirs))}" if ours != theirs else ""))
+    return f"Against the baselines, {name}'s overall ROUGE-L ({_fmt(ours)}) is " + "; ".join(parts) + "."
 
 
 def plot_categories(

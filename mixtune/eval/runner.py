@@ -29,6 +29,7 @@ from typing import Any
 from mixtune.errors import ConfigError
 from mixtune.eval.spec import EvalSpec
 from mixtune.io import atomic_write_json
+from mixtune.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def _check_run_file(out_dir: Path, fingerprint: dict[str, Any], overwrite: bool)
         before = json.loads(run_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return
+    fingerprint = redact(fingerprint)  # as written to run.json
     if before.get("fingerprint") != fingerprint:
         changed = sorted(k for k in fingerprint if before.get("fingerprint", {}).get(k) != fingerprint[k])
         raise ConfigError(
@@ -186,7 +188,7 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         _check_run_file(out_dir, fingerprint, overwrite)
         if overwrite:
             _clear_outputs(out_dir)
-        atomic_write_json(out_dir / "run.json", {"fingerprint": fingerprint, "spec": spec.model_dump()})
+        atomic_write_json(out_dir / "run.json", redact({"fingerprint": fingerprint, "spec": spec.model_dump()}))
     state.wait_for_everyone()
 
     metrics: dict[str, Any] = {
@@ -263,7 +265,7 @@ def _write_metrics(metrics: dict[str, Any], out_dir: Path, *, report: bool) -> d
     setting = metrics["primary_setting"]
     first = metrics["settings"][setting]
     name = f"{Path(str(metrics['model'])).name or metrics['model']} [{setting}]"
-    payload = {"name": name, **first, **metrics}
+    payload = redact({"name": name, **first, **metrics})  # paths and settings could carry a token
     if report:
         from mixtune.eval.report import write_report
 

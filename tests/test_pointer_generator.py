@@ -1,0 +1,128 @@
+"""The pointer-generator encoder-decoder (model.encoder_decoder.pointer_generator): a real MiniLM warm start."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+from mixtune.train.pointer_generator import PointerGeneratorModel
+
+SMALL = {"encoder_layers": 1, "decoder_layers": 1, "freeze_encoder": True}
+PROMPTS = ["Definition: copy the input. Input: red apple pie. Output:", "Input: hello"]
+
+
+def _model(pointer: bool = True, seed: int = 0):
+    torch.manual_seed(seed)
+    return load_model_and_tokenizer(ModelConfig(encoder_decoder={**SMALL, "pointer_generator": pointer}))
+
+
+def _labels(tok, texts: list[str]) -> torch.Tensor:
+    ids = tok(texts, return_tensors="pt", padding=True)["input_ids"][:, 1:].clone()  # drop [CLS], keep [SEP]
+    ids[ids == tok.pad_token_id] = -100
+    return ids
+
+
+def test_output_is_a_distribution_that_can_only_copy_when_the_gate_says_copy() -> None:
+    model, tok, kind = _model()
+    assert kind == "seq2seq" and isinstance(model, PointerGeneratorModel)
+    assert model.config.model_type == "mixtune-pointer-generator"
+    src = tok(PROMPTS, return_tensors="pt", padding=True)
+    labels = _labels(tok, ["red apple pie", "hello"])
+    out = model(**src, labels=labels)
+    torch.testing.assert_close(out.logits.exp().sum(-1), torch.ones(labels.shape))
+    # the loss is the mean NLL of the label tokens, or their sum over num_items_in_batch (Trainer's convention)
+    picked = out.logits.gather(-1, labels.clamp(min=0)[..., None])[..., 0][labels != -100]
+    torch.testing.assert_close(out.loss, -picked.mean())
+    torch.testing.assert_close(model(**src, labels=labels, num_items_in_batch=20).loss, -picked.sum() / 20)
+
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(-1e4)  # g = 0: all mass on tokens of the own (unpadded) source
+    probs = model(**src, labels=labels).logits.exp()
+    for row, (ids, mask) in enumerate(zip(src["input_ids"], src["attention_mask"], strict=True)):
+        own = ids[mask.bool()].unique()
+        torch.testing.assert_close(probs[row][:, own].sum(-1), torch.ones(labels.shape[1]))
+    assert tok.pad_token_id not in src["input_ids"][1][src["attention_mask"][1].bool()]
+    assert probs[1][:, tok.pad_token_id].max() < 1e-20  # the second prompt's padding is never copied
+
+
+def test_learns_to_copy_far_sooner_than_the_plain_softmax_head() -> None:
+    """Same warm start, same data, same steps: a copy task whose words the model has never seen as outputs."""
+    import random
+
+    rng = random.Random(0)
+    words = ["river", "candle", "orbit", "mosaic", "lantern", "harbor", "velvet", "quartz", "meadow", "falcon",
+             "ember", "glacier"]
+    data = [" ".join(rng.sample(words, 4)) for _ in range(64)]
+    final = {}
+    for pointer in (False, True):
+        model, tok, _ = _model(pointer)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        for step in range(40):
+            batch = data[(step * 8) % 64:][:8]
+            src = tok([f"Copy: {x}" for x in batch], return_tensors="pt", padding=True)
+            loss = model(**src, labels=_labels(tok, batch)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            held = [" ".join(rng.sample(words, 4)) for _ in range(16)]
+            src = tok([f"Copy: {x}" for x in held], return_tensors="pt", padding=True)
+            final[pointer] = model(**src, labels=_labels(tok, held)).loss.item()
+    assert final[True] < 0.5 * final[False], final
+
+
+def test_trains_saves_reloads_and_generates_the_same(tmp_path) -> None:
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    from mixtune.eval.generation import generate
+    from mixtune.train.collators import Seq2SeqCollator
+
+    model, tok, _ = _model()
+    examples = [{"prompt": "Definition: answer yes or no. Input: is the sky blue? Output:", "completion": "yes"},
+                {"prompt": "Definition: copy the input. Input: red apple. Output:", "completion": "red apple"}] * 2
+    gate_before = model.copy_gate.weight.detach().clone()
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
+                                    learning_rate=1e-3, report_to=[], use_cpu=True, remove_unused_columns=False,
+                                    save_strategy="no", disable_tqdm=True)
+    collator = Seq2SeqCollator(tok, model, max_source_length=64, max_target_length=8)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=examples, data_collator=collator,
+                             processing_class=tok)
+    trainer.train()
+    assert not torch.equal(model.copy_gate.weight, gate_before)
+
+    final = tmp_path / "final"
+    trainer.save_model(str(final))
+    tok.save_pretrained(str(final))
+    again, _, kind = load_model_and_tokenizer(ModelConfig(name_or_path=str(final)))
+    assert kind == "seq2seq" and isinstance(again, PointerGeneratorModel)
+    state, state2 = model.state_dict(), again.state_dict()
+    assert state.keys() == state2.keys()
+    for name, tensor in state.items():
+        assert torch.equal(tensor, state2[name]), name
+
+    model.eval()
+    again.eval()
+    src = tok(PROMPTS, return_tensors="pt", padding=True)
+    kw = {"max_new_tokens": 6, "do_sample": False}
+    cached = model.generate(**src, **kw)
+    assert torch.equal(again.generate(**src, **kw), cached)
+    assert torch.equal(model.generate(**src, use_cache=False, **kw), cached)
+    batched = generate(model, tok, PROMPTS, batch_size=2, max_new_tokens=6, kind="seq2seq")
+    assert batched == [generate(model, tok, [p], batch_size=1, max_new_tokens=6, kind="seq2seq")[0] for p in PROMPTS]
+
+
+def test_clear_errors() -> None:
+    model, tok, _ = _model()
+    embeds = model.get_input_embeddings()(tok(["hi"], return_tensors="pt")["input_ids"])
+    with pytest.raises(ValueError, match="needs input_ids"):
+        model(inputs_embeds=embeds, decoder_input_ids=torch.tensor([[tok.cls_token_id]]))
+    from transformers import BertConfig, BertLMHeadModel, BertModel
+
+    enc = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64))
+    dec = BertLMHeadModel(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, is_decoder=True, add_cross_attention=True))
+    with pytest.raises(ValueError, match="one vocabulary"):
+        PointerGeneratorModel(encoder=enc, decoder=dec)
