@@ -103,6 +103,37 @@ def test_lora_only_adapters_trainable() -> None:
     assert not any("lm_head" in n for n in trainable)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_lora_trains_the_rows_of_added_chat_markers(tied: bool) -> None:
+    """LoRA freezes the embeddings; the default chat template's new markers must not keep random rows."""
+    from mixtune.train.modeling import chat_marker_ids
+
+    torch.manual_seed(0)
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(config={**LLAMA, "tie_word_embeddings": tied},
+                                                         chat_template="default", lora={"r": 4, "alpha": 8}))
+    markers = chat_marker_ids(tok)
+    assert markers == tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    extra = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert extra and all("trainable_tokens" in n for n in extra)
+    assert len(extra) == (1 if tied else 2)  # an untied LM head gets its own rows
+    base = model.get_base_model()
+    before_in = base.get_input_embeddings().weight.detach().clone()
+    before_out = base.get_output_embeddings().weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.tensor([[markers[0], 2023, 2003, markers[1], 2178]])
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    merged = model.merge_and_unload()
+    for after, before in ((merged.get_input_embeddings().weight, before_in),
+                          (merged.get_output_embeddings().weight, before_out)):
+        changed = (after - before).abs().sum(-1) > 0
+        assert changed[markers].all() and changed.sum() == len(markers)
+    plain, _, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"r": 4, "alpha": 8}))
+    assert all("lora_" in n for n, p in plain.named_parameters() if p.requires_grad)  # no markers, no extra rows
+
+
 def test_lora_bad_targets() -> None:
     with pytest.raises(ConfigError, match="target_modules"):
         load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"target_modules": ["no_such_proj"]}))

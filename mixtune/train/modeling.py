@@ -347,11 +347,36 @@ def build_encoder_decoder(spec: EncoderDecoderSpec, tokenizer: Any, extra: dict[
     return model
 
 
-def _apply_lora(model: Any, spec: LoraSpec, kind: Kind) -> Any:
+def chat_marker_ids(tokenizer: Any) -> list[int]:
+    """Ids of the default chat template's markers (tokens mixtune adds when a tokenizer lacks them)."""
+    from mixtune.encodings import DEFAULT_CHAT_TEMPLATE, DEFAULT_END_OF_TURN
+
+    if getattr(tokenizer, "chat_template", None) != DEFAULT_CHAT_TEMPLATE:
+        return []
+    vocab = tokenizer.get_vocab()
+    return [vocab[m] for m in ("<|im_start|>", DEFAULT_END_OF_TURN) if m in vocab]
+
+
+def _trainable_token_indices(model: Any, token_ids: list[int]) -> dict[str, list[int]] | None:
+    """peft's `trainable_token_indices`: these rows of the input embeddings (and of an untied LM head) train."""
+    if not token_ids:
+        return None
+    names = {id(module): name for name, module in model.named_modules()}
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    indices = {names[id(embeddings)]: token_ids}
+    if head is not None and head.weight is not embeddings.weight:
+        indices[names[id(head)]] = token_ids
+    return indices
+
+
+def _apply_lora(model: Any, spec: LoraSpec, kind: Kind, new_token_ids: list[int]) -> Any:
+    """peft LoRA adapters; the rows of `new_token_ids` (e.g. chat markers) train too, as LoRA alone leaves
+    embeddings frozen and a token added to the vocabulary would keep its random row."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=spec.target_modules,
-                      task_type=TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_2_SEQ_LM)
+                      task_type=TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_2_SEQ_LM,
+                      trainable_token_indices=_trainable_token_indices(model, new_token_ids))
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
@@ -420,5 +445,5 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         model.config.use_cache = False
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
-        model = _apply_lora(model, cfg.lora, kind)
+        model = _apply_lora(model, cfg.lora, kind, chat_marker_ids(tokenizer))
     return model, tokenizer, kind
