@@ -37,7 +37,9 @@ def _copy_sample(bundled: Path, dest: Path, names: list[str]) -> Path:
 
 
 def _cache_files(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    """Cached data files and their mtimes (lock files, touched by every open, are not data)."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file() and p.suffix != ".lock"}
 
 
 def test_bundled_path_is_package_data(bundled_dir: Path) -> None:
@@ -213,6 +215,39 @@ def test_worker_pool_matches_single_process(tmp_path: Path, bundled_dir: Path) -
     for n in names:
         assert pooled.info(n) == single.info(n)
         assert pooled.instances(n).equals(single.instances(n))
+
+
+def test_a_second_process_waits_for_the_indexing_one_then_reuses_its_work(tmp_path: Path, bundled_dir: Path) -> None:
+    """Ranks of one job open the same unindexed collection: one indexes, the others wait on the manifest
+    lock and then take the stat-only path instead of indexing it again."""
+    import subprocess
+    import sys
+
+    from filelock import FileLock
+
+    from mixtune.tasks import cache
+
+    names = [TASK, "task036_qasc_topic_word_to_generate_related_fact"]
+    coll = _copy_sample(bundled_dir, tmp_path / "coll", names)
+    cache_dir = tmp_path / "cache"
+    manifest = cache.manifest_path(cache.cache_root(cache_dir), "superni", str(coll.resolve()))
+    ready = tmp_path / "ready"
+    script = (f"import json, pathlib; from mixtune.tasks import SuperNICollection; "
+              f"pathlib.Path({str(ready)!r}).touch(); "
+              f"print(json.dumps(SuperNICollection({str(coll)!r}, {str(cache_dir)!r}).index_stats))")
+    manifest.parent.mkdir(parents=True)
+    with FileLock(f"{manifest}.lock", is_singleton=True):  # this process is "indexing"
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not ready.exists() and time.time() < deadline:  # the other process has imported mixtune
+            time.sleep(0.1)
+        time.sleep(2)  # ample time to index two small tasks, were it not waiting
+        assert other.poll() is None and not manifest.exists()
+        first = SuperNICollection(coll, cache_dir)  # re-enters the lock this process holds
+    out, _ = other.communicate(timeout=120)
+    assert other.returncode == 0
+    assert first.index_stats == {"tasks": 2, "checked": 2, "parsed": 2}
+    assert json.loads(out.strip().splitlines()[-1]) == {"tasks": 2, "checked": 0, "parsed": 0}
 
 
 def test_split_lists_are_stripped(tmp_path: Path, bundled_dir: Path) -> None:

@@ -7,13 +7,17 @@ Layout under the cache root (env `MIXTUNE_CACHE`, default `~/.cache/mixtune`)::
 
 `<key>` is a content hash (xxhash) of what the task was read from, so an instance file is never
 stale: a changed source gets a new key. Every file is written atomically (temporary file + rename),
-so an interrupted indexing run leaves either a complete entry or none.
+so an interrupted indexing run leaves either a complete entry or none. Opening a collection holds
+`<manifest>.lock` (filelock), so when several processes (the ranks of a job) open the same unindexed
+collection, one indexes it and the others wait, then find the manifest fresh.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +123,28 @@ def load_manifest(path: Path, ident: str) -> dict[str, Any]:
 def save_manifest(path: Path, ident: str, entries: dict[str, Any], **extra: Any) -> None:
     atomic_write_json(path, {"version": FORMAT_VERSION, "ident": ident, **extra, "entries": entries},
                       indent=None, ensure_ascii=False)
+
+
+@contextmanager
+def manifest_lock(path: Path) -> Iterator[None]:
+    """Hold `<manifest>.lock` while checking and (re)indexing one collection: one process at a time.
+
+    Where the lock file cannot be created (a read-only, already warm cache folder) no lock is taken.
+    """
+    from filelock import FileLock
+
+    lock = FileLock(f"{path}.lock", is_singleton=True)  # re-entrant within one process
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        locked = True
+    except OSError:
+        locked = False
+    try:
+        yield
+    finally:
+        if locked:
+            lock.release()
 
 
 def _demos(items: list) -> tuple[Demonstration, ...]:

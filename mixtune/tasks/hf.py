@@ -58,15 +58,16 @@ class HFCollection(IndexedCollection):
             source_key = f"fingerprint:{dataset._fingerprint}"
         ident = json.dumps([source_key, self.columns, split], sort_keys=True)
         mpath = cache.manifest_path(self.cache_root, self.kind, ident)
-        entries = cache.load_manifest(mpath, ident).get("entries")
-        if entries is None or not all(cache.instances_path(self.cache_root, e["key"]).exists()
-                                      for e in entries.values()):
-            dataset = dataset if dataset is not None else self._load()
-            entries = self._index(dataset, ident)
-            cache.save_manifest(mpath, ident, entries, source=str(display))
-            self.index_stats = {"tasks": len(entries), "indexed": len(entries)}
-        else:
-            self.index_stats = {"tasks": len(entries), "indexed": 0}
+        with cache.manifest_lock(mpath):
+            entries = cache.load_manifest(mpath, ident).get("entries")
+            if entries is None or not all(cache.instances_path(self.cache_root, e["key"]).exists()
+                                          for e in entries.values()):
+                dataset = dataset if dataset is not None else self._load()
+                entries = self._index(dataset, ident)
+                cache.save_manifest(mpath, ident, entries, source=str(display))
+                self.index_stats = {"tasks": len(entries), "indexed": len(entries)}
+            else:
+                self.index_stats = {"tasks": len(entries), "indexed": 0}
         for task, e in entries.items():
             self._add(task, e["key"], e["header"])
 

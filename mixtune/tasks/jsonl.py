@@ -71,13 +71,14 @@ class JsonlCollection(IndexedCollection):
             parts += [f.name, f.read_bytes()]
         ident = json.dumps([str(path), cache.content_hash(*parts)])
         mpath = cache.manifest_path(self.cache_root, self.kind, str(path))
-        entries = cache.load_manifest(mpath, ident).get("entries")
         self.index_stats = {"indexed": 0}
-        if entries is None or not all(cache.instances_path(self.cache_root, e["key"]).exists()
-                                      for e in entries.values()):
-            entries = self._index(files, sidecars, ident, folder=path.is_dir())
-            cache.save_manifest(mpath, ident, entries)
-            self.index_stats = {"indexed": len(entries)}
+        with cache.manifest_lock(mpath):
+            entries = cache.load_manifest(mpath, ident).get("entries")
+            if entries is None or not all(cache.instances_path(self.cache_root, e["key"]).exists()
+                                          for e in entries.values()):
+                entries = self._index(files, sidecars, ident, folder=path.is_dir())
+                cache.save_manifest(mpath, ident, entries)
+                self.index_stats = {"indexed": len(entries)}
         self.index_stats["tasks"] = len(entries)
         for task, e in entries.items():
             self._add(task, e["key"], e["header"])

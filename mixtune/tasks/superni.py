@@ -59,6 +59,10 @@ class SuperNICollection(IndexedCollection):
     def _index(self, workers: int | None) -> None:
         ident = str(self.path)
         mpath = cache.manifest_path(self.cache_root, self.kind, ident)
+        with cache.manifest_lock(mpath):
+            self._index_locked(workers, ident, mpath)
+
+    def _index_locked(self, workers: int | None, ident: str, mpath: Path) -> None:
         old = cache.load_manifest(mpath, ident).get("entries", {})
         entries: dict[str, Any] = {}
         todo: list[tuple[str, os.stat_result, dict | None]] = []
