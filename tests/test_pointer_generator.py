@@ -126,3 +126,21 @@ def test_clear_errors() -> None:
                                      intermediate_size=64, is_decoder=True, add_cross_attention=True))
     with pytest.raises(ValueError, match="one vocabulary"):
         PointerGeneratorModel(encoder=enc, decoder=dec)
+
+
+def test_bf16_weights_and_bf16_autocast() -> None:
+    """dtype: bf16 puts the copy head in bf16 with the rest; the mixture itself is computed in float32."""
+    torch.manual_seed(0)
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(encoder_decoder={**SMALL, "pointer_generator": True},
+                                                         dtype="bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    src = tok(PROMPTS, return_tensors="pt", padding=True)
+    labels = _labels(tok, ["red apple pie", "hello"])
+    out = model(**src, labels=labels)
+    out.loss.backward()
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert model.copy_gate.weight.grad is not None
+    fp32, _, _ = _model()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = fp32(**src, labels=labels)
+    torch.testing.assert_close(auto.logits.exp().sum(-1), torch.ones(labels.shape), atol=1e-3, rtol=0)

@@ -55,9 +55,10 @@ class PointerGeneratorModel(EncoderDecoderModel):
         if enc.vocab_size != dec.vocab_size:
             raise ValueError(f"a pointer-generator copies source tokens into the output, so encoder and decoder "
                              f"need one vocabulary (got {enc.vocab_size} and {dec.vocab_size} tokens)")
-        self.copy_query = nn.Linear(dec.hidden_size, dec.hidden_size)
-        self.copy_key = nn.Linear(enc.hidden_size, dec.hidden_size)
-        self.copy_gate = nn.Linear(dec.hidden_size + enc.hidden_size, 1)
+        dtype = self.decoder.get_input_embeddings().weight.dtype  # a bf16 decoder gets a bf16 copy head
+        self.copy_query = nn.Linear(dec.hidden_size, dec.hidden_size, dtype=dtype)
+        self.copy_key = nn.Linear(enc.hidden_size, dec.hidden_size, dtype=dtype)
+        self.copy_gate = nn.Linear(dec.hidden_size + enc.hidden_size, 1, dtype=dtype)
         for module in (self.copy_query, self.copy_key, self.copy_gate):
             self._init_weights(module)
 
