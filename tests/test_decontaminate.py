@@ -126,6 +126,7 @@ def test_eval_yaml_limits_the_evaluation_side(planted: dict, capsys: pytest.Capt
 
 
 def test_drop_builds_mixture_without_them(planted: dict, capsys: pytest.CaptureFixture) -> None:
+    """Same size and per-task counts; each contaminated example re-drawn from a clean instance of its task."""
     full_dir, clean_dir = planted["root"] / "full", planted["root"] / "clean"
     assert main(["mixture", "build", str(planted["mixture"]), "--out", str(full_dir)]) == 0
     capsys.readouterr()
@@ -134,18 +135,41 @@ def test_drop_builds_mixture_without_them(planted: dict, capsys: pytest.CaptureF
     bad = {(o["task"], o["instance_id"]) for o in report["overlaps"]}
     full_keys = list(zip(full["task"], full["instance_id"], strict=True))
     assert {(planted["task"], "planted-dup"), (planted["task"], "planted-near")} <= set(full_keys)
-    dropped = sum(k in bad for k in full_keys)
-    assert dropped == report["dropped_examples"] > 0
-    assert len(clean) == len(full) - dropped == report["total_examples"]
-    assert not bad & set(zip(clean["task"], clean["instance_id"], strict=True))
-    assert (planted["task"], "planted-clean") in set(zip(clean["task"], clean["instance_id"], strict=True))
-    # the kept examples are the full build's examples at the same positions, unchanged
-    by_position = {p: i for i, p in enumerate(full["position"])}
-    for row in clean.select(range(0, len(clean), 37)):
-        assert full[by_position[row["position"]]] == row
+    hits = [k in bad for k in full_keys]
+    assert sum(hits) == report["replaced_examples"] > 0 and report["dropped_examples"] == 0
+    assert len(clean) == len(full) == report["total_examples"]
+    clean_keys = list(zip(clean["task"], clean["instance_id"], strict=True))
+    assert not bad & set(clean_keys)
+    assert (planted["task"], "planted-clean") in set(clean_keys)
+    assert clean["position"] == full["position"] and clean["task"] == full["task"]  # counts and order stay
+    for i in range(len(full)):
+        if hits[i]:  # re-drawn: the same task, a clean instance of it
+            assert clean_keys[i][0] == full_keys[i][0] and clean_keys[i] != full_keys[i]
+        elif i % 37 == 0:  # every other example is the full build's, unchanged
+            assert clean[i] == full[i]
     manifest = json.loads((clean_dir / "mixture_manifest.json").read_text())
-    assert manifest["decontamination"]["dropped_examples"] == dropped
+    assert manifest["decontamination"]["replaced_examples"] == sum(hits)
     assert manifest["hash"] != json.loads((full_dir / "mixture_manifest.json").read_text())["hash"]
+
+
+def test_a_task_without_clean_instances_loses_its_examples(planted: dict) -> None:
+    from dataclasses import replace
+
+    from mixtune.mixtures.decontaminate import DecontaminatedPlan, decontaminate_plan
+    from mixtune.mixtures.plan import plan_mixture
+    from mixtune.mixtures.spec import load_mixture
+
+    plan = plan_mixture(load_mixture(planted["mixture"]))
+    report = decontaminate_plan(plan)
+    task = next(t for t in plan.tasks if t.name == planted["task"])
+    template = report.overlaps[0]
+    report.overlaps = [replace(template, row=int(r), instance_id=f"row{r}") for r in task.pool]  # all of them
+    clean = DecontaminatedPlan(plan, report)
+    k = plan.tasks.index(task)
+    assert clean.dropped == int((plan.index.task_ids == k).sum()) > 0 and clean.replaced == 0
+    assert len(clean) == len(plan) - clean.dropped
+    names = [n for batch in clean.iter_batches() for n in batch["task"]]
+    assert len(names) == len(clean) and task.name not in names
 
 
 def test_clear_errors(planted: dict, capsys: pytest.CaptureFixture) -> None:

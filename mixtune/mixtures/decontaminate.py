@@ -10,6 +10,11 @@ The evaluation side becomes a sorted array of 64-bit n-gram hashes; each trainin
 hashed in one vectorised pass (numpy) and looked up with `np.isin` / `np.searchsorted`, so the cost
 is linear in the number of words on both sides. Words that never occur on the evaluation side cannot
 be part of a shared n-gram and are masked out before the lookup.
+
+`--drop` builds the mixture without the contaminated instances at the same size: each example that
+drew one is re-drawn from the clean instances of the same task's pool (seeded), so every task keeps
+its count, and every other example keeps its position and content. Only a task whose whole pool is
+contaminated loses its examples.
 """
 
 from __future__ import annotations
@@ -305,18 +310,45 @@ def contaminated_positions(plan: Any, report: DecontaminationReport) -> np.ndarr
     return drop
 
 
-class DecontaminatedPlan:
-    """A MixturePlan without its contaminated examples, for `build_mixture`.
+_REDRAW = 0x726564726177  # stream tag of the re-drawn rows
 
-    The kept examples keep their positions (and so their prompts and references) from the full
-    plan; the hash covers the dropped instances, so the built dataset differs from the full one.
+
+class DecontaminatedPlan:
+    """A MixturePlan without its contaminated instances, for `build_mixture` (see the module doc).
+
+    `replaced` counts the examples re-drawn from clean instances of their task, `dropped` those of
+    tasks with no clean instance left; the hash covers the contaminated instances, so the built
+    dataset differs from the full one.
     """
 
     def __init__(self, plan: Any, report: DecontaminationReport) -> None:
+        import copy
+
+        from mixtune.mixtures.sampler import SampleIndex, stable_key
+
         self.plan = plan
         self.spec = plan.spec
         self.report = report
-        self.keep = ~contaminated_positions(plan, report)
+        contaminated = contaminated_positions(plan, report)
+        bad: dict[tuple[str, str], list[int]] = {}
+        for o in report.overlaps:
+            bad.setdefault((o.source, o.task), []).append(o.row)
+        rows = plan.index.rows.copy()
+        self.keep = np.ones(len(plan), dtype=bool)
+        for k, task in enumerate(plan.tasks):
+            positions = np.flatnonzero(contaminated & (plan.index.task_ids == k))
+            if not len(positions):
+                continue
+            clean = task.pool[~np.isin(task.pool, bad[(task.source, task.name)])]
+            if not len(clean):
+                self.keep[positions] = False
+                continue
+            rng = np.random.default_rng([plan.seed % 2**64, _REDRAW, stable_key(f"{task.source}/{task.name}")])
+            rows[positions] = clean[rng.permutation(len(clean))[np.arange(len(positions)) % len(clean)]]
+        self.replaced = int((contaminated & self.keep).sum())
+        self.dropped = int((~self.keep).sum())
+        self._redrawn = copy.copy(plan)
+        self._redrawn.index = SampleIndex(task_ids=plan.index.task_ids, rows=rows)
         keys = "\n".join("\0".join(k) for k in sorted(report.contaminated_keys()))
         digest = hashlib.blake2b(f"{plan.hash}\n{report.ngram}\n{keys}".encode(), digest_size=8).hexdigest()
         self.hash = f"{plan.hash}-d{digest}"
@@ -325,8 +357,8 @@ class DecontaminatedPlan:
         return int(self.keep.sum())
 
     def iter_batches(self, start: int = 0, stop: int | None = None, **kwargs: Any) -> Iterator[dict[str, list]]:
-        """The full plan's batches with the contaminated examples left out."""
-        for batch in self.plan.iter_batches(start, stop, **kwargs):
+        """The full plan's batches, contaminated examples re-drawn (or, without clean rows, left out)."""
+        for batch in self._redrawn.iter_batches(start, stop, **kwargs):
             mask = self.keep[np.asarray(batch["position"], dtype=np.int64)]
             if mask.all():
                 yield batch
@@ -342,7 +374,8 @@ class DecontaminatedPlan:
             "ngram": self.report.ngram,
             "eval_tasks": self.report.eval_tasks,
             "dropped_instances": self.report.num_contaminated,
-            "dropped_examples": int((~self.keep).sum()),
+            "replaced_examples": self.replaced,
+            "dropped_examples": self.dropped,
             "source_hash": self.plan.hash,
         }
         return out
@@ -364,7 +397,9 @@ def add_subcommand(sub: Any) -> None:
     side.add_argument("--eval", dest="eval_spec", metavar="EVAL.yaml",
                       help="evaluate against the instances this eval YAML (or a recipe's eval section) evaluates")
     p.add_argument("--ngram", type=int, default=DEFAULT_NGRAM, help="word n-gram length (default 13)")
-    p.add_argument("--drop", action="store_true", help="build the mixture without the contaminated examples")
+    p.add_argument("--drop", action="store_true",
+                   help="build the mixture without the contaminated instances (their examples are re-drawn from "
+                        "clean instances of the same task, so the size and the per-task counts stay)")
     p.add_argument("--out", metavar="DIR", help="with --drop: output folder (datasets.load_from_disk)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=decontaminate_command)
@@ -397,7 +432,8 @@ def decontaminate_command(args: Any) -> int:
         clean = DecontaminatedPlan(plan, report)
         build_mixture(clean, args.out)
         result["out"] = str(args.out)
-        result["dropped_examples"] = len(plan) - len(clean)
+        result["replaced_examples"] = clean.replaced
+        result["dropped_examples"] = clean.dropped
         result["total_examples"] = len(clean)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
@@ -426,5 +462,5 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(f"{result['num_contaminated']} of {result['num_train_instances']} training instances overlap "
                   f"the evaluation")
     if "out" in result:
-        console.print(f"wrote {result['total_examples']} examples ({result['dropped_examples']} dropped) to "
-                      f"{result['out']}")
+        console.print(f"wrote {result['total_examples']} examples ({result['replaced_examples']} re-drawn from clean "
+                      f"instances of their task, {result['dropped_examples']} dropped) to {result['out']}")
