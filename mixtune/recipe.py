@@ -92,7 +92,8 @@ class TrainingSection(StrictModel):
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A step whose loss or gradients are NaN/inf: 'stop' ends the run with an error "
         "naming the step and its batch's tasks (before the weights change); 'skip' drops that step's update "
-        "and goes on (too many in a row still stop the run).")
+        "and goes on (too many in a row still stop the run; under DeepSpeed, which updates inside backward, "
+        "a non-finite loss stops the run before its backward with either policy).")
 
 
 class DistributedSection(StrictModel):

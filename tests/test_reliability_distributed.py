@@ -102,3 +102,20 @@ def test_hung_rank_ends_the_job_after_the_timeout(tmp_path: Path) -> None:
     assert code != 0, log[-3000:]
     assert "Timed out waiting 15000ms" in log, log[-3000:]
     assert latest_complete(out) == out / "checkpoint-2" and not (out / "final").exists()
+
+
+@pytest.mark.integration
+def test_nan_loss_under_deepspeed_stops_before_the_update(tmp_path: Path) -> None:
+    """A learning rate of 1e30 makes step 2's loss non-finite. Under DeepSpeed the engine updates inside
+    backward, so the loss is checked before it on every rank: the run stops at step 2 naming its tasks, and
+    no checkpoint with the diverged weights is written (checkpoint-1 is the last, and finite)."""
+    out = tmp_path / "diverged"
+    code, log, seconds = _launch(tmp_path, out, timeout=150, extra=(
+        "training.learning_rate=1e30", "training.warmup_ratio=0", "training.save_steps=1",
+        "training.logging_steps=1000"))
+    print(f"diverged run stopped after {seconds:.1f} s")
+    assert code != 0, log[-3000:]
+    assert "NaN/inf at step 2" in log and "the batch's tasks" in log, log[-3000:]
+    assert latest_complete(out) == out / "checkpoint-1" and not (out / "checkpoint-2").exists()
+    weights = load_file(str(out / "checkpoint-1" / "model.safetensors"))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())

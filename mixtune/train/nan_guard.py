@@ -9,8 +9,11 @@
   log the same message, and go on; more than `max_consecutive_skips` skipped steps in a row stop
   the run, since then the model itself has diverged.
 
-Under DeepSpeed the gradients live in the engine's partitions, not in `param.grad`; there the
-guard sees no gradients and the loss check of the text log (`training.on_nan`) applies.
+Under DeepSpeed the gradients live in the engine's partitions, not in `param.grad`, and the engine
+applies the update inside backward. There the trainer checks every micro-batch's loss before its
+backward instead (`check_loss`, one all-reduced flag, so every rank stops together): a non-finite loss
+stops the run before the weights change, with either policy, since DeepSpeed offers no way to skip
+an update whose backward has begun.
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ class NanGuardCallback(TrainerCallback):
         """The text that names the step and its batch's tasks."""
         tasks = ", ".join(f"{t} ({n})" for t, n in sorted(self.batch_tasks(step).items()))
         return f"the loss or gradients are NaN/inf at step {step}; the batch's tasks (examples): {tasks}"
+
+    def check_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Raise NonFiniteLossError on every rank when any rank's loss for `step` is NaN/inf."""
+        import torch.distributed as dist
+
+        finite = torch.isfinite(loss.detach().float()).all().to(torch.float32).reshape(1)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() == 1.0:
+            return
+        note = " (under DeepSpeed a step cannot be skipped, so training.on_nan: skip stops too)" \
+            if self.policy == "skip" else ""
+        raise NonFiniteLossError(self.message(step) + note, field="training.on_nan",
+                                 hint="lower training.learning_rate, check these tasks' data, or resume from the "
+                                 "last checkpoint")
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is None:

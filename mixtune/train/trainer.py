@@ -118,9 +118,25 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
 
 def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dataset: Any,
                   data_collator: Any, callbacks: list[Any]) -> Any:
-    """A Trainer (causal) or Seq2SeqTrainer (seq2seq) over the position stream."""
+    """A Trainer (causal) or Seq2SeqTrainer (seq2seq) over the position stream.
+
+    With a `NanGuardCallback` among the callbacks, under DeepSpeed every micro-batch's loss is
+    checked before its backward (the engine updates the weights inside backward, out of the
+    callback's reach); elsewhere the callback checks the gradients before the optimizer step.
+    """
     from transformers import Seq2SeqTrainer, Trainer
 
-    cls = Seq2SeqTrainer if kind == "seq2seq" else Trainer
-    return cls(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
-               processing_class=tokenizer, callbacks=callbacks)
+    from mixtune.train.nan_guard import NanGuardCallback
+
+    base = Seq2SeqTrainer if kind == "seq2seq" else Trainer
+    guard = next((c for c in callbacks if isinstance(c, NanGuardCallback)), None)
+
+    class MixtuneTrainer(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model: Any, inputs: Any, *rest: Any, **kwargs: Any) -> Any:
+            result = super().compute_loss(model, inputs, *rest, **kwargs)
+            if guard is not None and self.is_deepspeed_enabled and model.training:
+                guard.check_loss(result[0] if isinstance(result, tuple) else result, self.state.global_step + 1)
+            return result
+
+    return MixtuneTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                          processing_class=tokenizer, callbacks=callbacks)
