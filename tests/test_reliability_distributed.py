@@ -105,10 +105,11 @@ def test_hung_rank_ends_the_job_after_the_timeout(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_nan_loss_under_deepspeed_stops_before_the_update(tmp_path: Path) -> None:
+def test_nan_loss_under_deepspeed_stops_before_the_update(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A learning rate of 1e30 makes step 2's loss non-finite. Under DeepSpeed the engine updates inside
     backward, so the loss is checked before it on every rank: the run stops at step 2 naming its tasks, and
-    no checkpoint with the diverged weights is written (checkpoint-1 is the last, and finite)."""
+    no checkpoint with the diverged weights is written (checkpoint-1 is the last, and finite).
+    Resuming that two-process DeepSpeed checkpoint in one process without DeepSpeed is refused."""
     out = tmp_path / "diverged"
     code, log, seconds = _launch(tmp_path, out, timeout=150, extra=(
         "training.learning_rate=1e30", "training.warmup_ratio=0", "training.save_steps=1",
@@ -119,3 +120,11 @@ def test_nan_loss_under_deepspeed_stops_before_the_update(tmp_path: Path) -> Non
     assert latest_complete(out) == out / "checkpoint-1" and not (out / "checkpoint-2").exists()
     weights = load_file(str(out / "checkpoint-1" / "model.safetensors"))
     assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+
+    from mixtune.cli import main
+
+    capsys.readouterr()
+    assert main(["train", RECIPE, f"output_dir={out}", *SETTINGS, "training.learning_rate=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "DeepSpeed ZeRO state saved by 2 process(es)" in err and "1 process(es) without DeepSpeed" in err, err
+    assert "model.name_or_path=" in err

@@ -82,6 +82,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         _init_deepspeed_comm()
 
     resume_from, start_step, start_position = resume_point(recipe, plan.hash, max_steps)
+    if resume_from is not None:
+        check_deepspeed_resume(recipe, resume_from, world=world, deepspeed=_uses_deepspeed(args))
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if recipe.resume != "never":
@@ -169,6 +171,31 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+def _uses_deepspeed(args: Any) -> bool:
+    """DeepSpeed from the recipe (`distributed.deepspeed`) or from `accelerate launch --use_deepspeed`."""
+    return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, *, world: int, deepspeed: bool) -> None:
+    """Refuse to resume a DeepSpeed checkpoint without DeepSpeed or on another number of processes.
+
+    Its optimizer state is partitioned per process (`global_step*/`, no `optimizer.pt`): without
+    DeepSpeed the Trainer would silently start a fresh optimizer, and DeepSpeed itself refuses another
+    data-parallel size deep in its loader.
+    """
+    if not any(p.is_dir() for p in checkpoint.glob("global_step*")):
+        return
+    saved = ckpt.read_state(checkpoint).world_size
+    if deepspeed and saved == world:
+        return
+    now = f"{world} process(es)" + ("" if deepspeed else " without DeepSpeed")
+    raise ConfigError(
+        f"{checkpoint} holds DeepSpeed ZeRO state saved by {saved} process(es); this launch has {now}",
+        path=recipe.source, field="resume",
+        hint=f"relaunch with DeepSpeed on {saved} processes to resume exactly, or start a new run from its "
+             f"weights: model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
 
 
 def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int) -> tuple[Path | None, int, int]:
