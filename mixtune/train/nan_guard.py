@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 NanPolicy = Literal["stop", "skip"]
 
+HINT = "lower training.learning_rate, check these tasks' data, or resume from the last checkpoint"
+
 
 class NonFiniteLossError(MixtuneError):
     """The loss or the gradients of a training step are NaN or infinite."""
@@ -78,9 +80,7 @@ class NanGuardCallback(TrainerCallback):
             return
         note = " (under DeepSpeed a step cannot be skipped, so training.on_nan: skip stops too)" \
             if self.policy == "skip" else ""
-        raise NonFiniteLossError(self.message(step) + note, field="training.on_nan",
-                                 hint="lower training.learning_rate, check these tasks' data, or resume from the "
-                                 "last checkpoint")
+        raise NonFiniteLossError(self.message(step) + note, field="training.on_nan", hint=HINT)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if model is None:
@@ -94,8 +94,7 @@ class NanGuardCallback(TrainerCallback):
             return
         step = state.global_step + 1
         text = self.message(step)
-        hint = ("lower training.learning_rate, check these tasks' data, or resume from the last checkpoint; "
-                "training.on_nan: skip drops such steps")
+        hint = f"{HINT}; training.on_nan: skip drops such steps"
         if self.policy == "stop":
             raise NonFiniteLossError(text, field="training.on_nan", hint=hint)
         self._consecutive += 1
