@@ -177,6 +177,8 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 #: The end-of-turn marker DEFAULT_CHAT_TEMPLATE writes after each message.
 DEFAULT_END_OF_TURN = "<|im_end|>"
+#: Both markers of DEFAULT_CHAT_TEMPLATE (added as special tokens where a tokenizer lacks them).
+DEFAULT_CHAT_MARKERS = ("<|im_start|>", DEFAULT_END_OF_TURN)
 
 
 def render_chat(tokenizer: Any, prompt: str, completion: str | None = None) -> tuple[str, str]:

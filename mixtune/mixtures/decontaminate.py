@@ -297,16 +297,22 @@ def decontaminate_plan(plan: Any, *, eval_split: str = "default", eval_spec: Any
     return report
 
 
-def contaminated_positions(plan: Any, report: DecontaminationReport) -> np.ndarray:
-    """Boolean mask over the plan's positions: True where the example's instance is contaminated."""
-    drop = np.zeros(len(plan), dtype=bool)
+def contaminated_rows(plan: Any, report: DecontaminationReport) -> Iterator[tuple[int, Any, list[int]]]:
+    """(task index, plan task, its contaminated rows) for every task of the plan that has some."""
     bad: dict[tuple[str, str], list[int]] = {}
     for o in report.overlaps:
         bad.setdefault((o.source, o.task), []).append(o.row)
     for k, task in enumerate(plan.tasks):
         rows = bad.get((task.source, task.name))
         if rows:
-            drop |= (plan.index.task_ids == k) & np.isin(plan.index.rows, rows)
+            yield k, task, rows
+
+
+def contaminated_positions(plan: Any, report: DecontaminationReport) -> np.ndarray:
+    """Boolean mask over the plan's positions: True where the example's instance is contaminated."""
+    drop = np.zeros(len(plan), dtype=bool)
+    for k, _, rows in contaminated_rows(plan, report):
+        drop |= (plan.index.task_ids == k) & np.isin(plan.index.rows, rows)
     return drop
 
 
@@ -329,23 +335,20 @@ class DecontaminatedPlan:
         self.plan = plan
         self.spec = plan.spec
         self.report = report
-        contaminated = contaminated_positions(plan, report)
-        bad: dict[tuple[str, str], list[int]] = {}
-        for o in report.overlaps:
-            bad.setdefault((o.source, o.task), []).append(o.row)
         rows = plan.index.rows.copy()
         self.keep = np.ones(len(plan), dtype=bool)
-        for k, task in enumerate(plan.tasks):
-            positions = np.flatnonzero(contaminated & (plan.index.task_ids == k))
+        self.replaced = 0
+        for k, task, bad in contaminated_rows(plan, report):
+            positions = np.flatnonzero((plan.index.task_ids == k) & np.isin(plan.index.rows, bad))
             if not len(positions):
                 continue
-            clean = task.pool[~np.isin(task.pool, bad[(task.source, task.name)])]
+            clean = task.pool[~np.isin(task.pool, bad)]
             if not len(clean):
                 self.keep[positions] = False
                 continue
             rng = np.random.default_rng([plan.seed % 2**64, _REDRAW, stable_key(f"{task.source}/{task.name}")])
             rows[positions] = clean[rng.permutation(len(clean))[np.arange(len(positions)) % len(clean)]]
-        self.replaced = int((contaminated & self.keep).sum())
+            self.replaced += len(positions)
         self.dropped = int((~self.keep).sum())
         self._redrawn = copy.copy(plan)
         self._redrawn.index = SampleIndex(task_ids=plan.index.task_ids, rows=rows)

@@ -48,13 +48,22 @@ def parse_json(data: bytes, path: str | Path) -> Any:
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", path=path,
                         hint="fix the JSON syntax there (a missing comma, quote or bracket?)") from None
-    if _SURROGATE_ESCAPE.search(data):  # \ud800-style escapes: paired ones are fine, a lone one is not text
-        try:
-            json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise DataError("the JSON holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
-                            "text", path=path, hint="fix or remove the broken \\u escape") from None
+    if has_lone_surrogate(data, obj):
+        raise DataError("the JSON holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff), which is not "
+                        "text", path=path, hint="fix or remove the broken \\u escape")
     return obj
+
+
+def has_lone_surrogate(data: bytes, obj: Any) -> bool:
+    """Whether JSON text `data` (parsed as `obj`) holds a lone \\ud800-style escape: paired ones are fine,
+    a lone one decodes to something that is not text (Arrow and UTF-8 writers reject it)."""
+    if not _SURROGATE_ESCAPE.search(data):
+        return False
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def text_list(value: Any, *, path: str | Path, field: str) -> list[str]:

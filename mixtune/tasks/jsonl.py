@@ -35,9 +35,9 @@ from mixtune.errors import DataError
 from mixtune.tasks import cache
 from mixtune.tasks.base import IndexedCollection
 from mixtune.tasks.headers import (
-    _SURROGATE_ESCAPE,
     HEADER_FIELDS,
     check_task_name,
+    has_lone_surrogate,
     header_from,
     instance_columns,
 )
@@ -152,12 +152,9 @@ def _read_lines(path: Path, tasks: dict[str, dict[str, Any]], file_task: str | N
             except json.JSONDecodeError as e:
                 raise DataError(f"line {number}, column {e.colno}: malformed JSON: {e.msg}", path=path,
                                 hint="each line must be one complete JSON object") from None
-            if _SURROGATE_ESCAPE.search(raw):  # a lone \ud800-style escape decodes to something that is not text
-                try:
-                    json.dumps(obj, ensure_ascii=False).encode("utf-8")
-                except UnicodeEncodeError:
-                    raise DataError(f"line {number}: an unpaired UTF-16 surrogate escape (\\ud800-\\udfff) is not "
-                                    "text", path=path, hint="fix or remove the broken \\u escape") from None
+            if has_lone_surrogate(raw, obj):
+                raise DataError(f"line {number}: an unpaired UTF-16 surrogate escape (\\ud800-\\udfff) is not "
+                                "text", path=path, hint="fix or remove the broken \\u escape")
             if not isinstance(obj, dict):
                 raise DataError(f"line {number}: expected a JSON object, got {type(obj).__name__}", path=path)
             task = obj.get("task", file_task)

@@ -195,9 +195,9 @@ def _set_chat_template(tok: Any, chat: str) -> None:
                               field="model.chat_template", hint="use 'default' or give a Jinja template")
         return
     if chat == "default":
-        from mixtune.encodings import DEFAULT_CHAT_TEMPLATE, DEFAULT_END_OF_TURN
+        from mixtune.encodings import DEFAULT_CHAT_MARKERS, DEFAULT_CHAT_TEMPLATE
 
-        markers = [m for m in ("<|im_start|>", DEFAULT_END_OF_TURN) if m not in tok.get_vocab()]
+        markers = [m for m in DEFAULT_CHAT_MARKERS if m not in tok.get_vocab()]
         if markers:
             tok.add_special_tokens({"additional_special_tokens": markers})
         tok.chat_template = DEFAULT_CHAT_TEMPLATE
@@ -349,12 +349,12 @@ def build_encoder_decoder(spec: EncoderDecoderSpec, tokenizer: Any, extra: dict[
 
 def chat_marker_ids(tokenizer: Any) -> list[int]:
     """Ids of the default chat template's markers (tokens mixtune adds when a tokenizer lacks them)."""
-    from mixtune.encodings import DEFAULT_CHAT_TEMPLATE, DEFAULT_END_OF_TURN
+    from mixtune.encodings import DEFAULT_CHAT_MARKERS, DEFAULT_CHAT_TEMPLATE
 
     if getattr(tokenizer, "chat_template", None) != DEFAULT_CHAT_TEMPLATE:
         return []
     vocab = tokenizer.get_vocab()
-    return [vocab[m] for m in ("<|im_start|>", DEFAULT_END_OF_TURN) if m in vocab]
+    return [vocab[m] for m in DEFAULT_CHAT_MARKERS if m in vocab]
 
 
 def _trainable_token_indices(model: Any, token_ids: list[int]) -> dict[str, list[int]] | None:
