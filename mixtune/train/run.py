@@ -81,9 +81,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if args.deepspeed and world > 1:
         _init_deepspeed_comm()
 
-    resume_from, start_step, start_position = resume_point(recipe, plan.hash, max_steps)
-    if resume_from is not None:
-        check_deepspeed_resume(recipe, resume_from, world=world, deepspeed=_uses_deepspeed(args))
+    resume_from, start_step, start_position = resume_point(recipe, plan.hash, max_steps, world=world,
+                                                           deepspeed=_uses_deepspeed(args))
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if recipe.resume != "never":
@@ -178,8 +177,8 @@ def _uses_deepspeed(args: Any) -> bool:
     return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
-def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, *, world: int, deepspeed: bool) -> None:
-    """Refuse to resume a DeepSpeed checkpoint without DeepSpeed or on another number of processes.
+def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, saved: int, *, world: int, deepspeed: bool) -> None:
+    """Refuse to resume a DeepSpeed checkpoint (saved by `saved` processes) without DeepSpeed or on another count.
 
     Its optimizer state is partitioned per process (`global_step*/`, no `optimizer.pt`): without
     DeepSpeed the Trainer would silently start a fresh optimizer, and DeepSpeed itself refuses another
@@ -187,7 +186,6 @@ def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, *, world: int, deep
     """
     if not any(p.is_dir() for p in checkpoint.glob("global_step*")):
         return
-    saved = ckpt.read_state(checkpoint).world_size
     if deepspeed and saved == world:
         return
     now = f"{world} process(es)" + ("" if deepspeed else " without DeepSpeed")
@@ -198,8 +196,10 @@ def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, *, world: int, deep
              f"weights: model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
 
 
-def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int) -> tuple[Path | None, int, int]:
-    """(checkpoint or None, its step, its stream position) for the recipe's `resume:`; checks the mixture."""
+def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int, *, world: int,
+                 deepspeed: bool) -> tuple[Path | None, int, int]:
+    """(checkpoint or None, its step, its stream position) for the recipe's `resume:`; checks the mixture
+    and that a DeepSpeed checkpoint fits this launch (`check_deepspeed_resume`)."""
     resume_from = ckpt.resolve_resume(recipe.resume, recipe.output_dir, recipe_path=recipe.source)
     if resume_from is None:
         return None, 0, 0
@@ -213,6 +213,7 @@ def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int) -> tuple[Pat
         raise ConfigError(f"{resume_from} is already at step {state.global_step} of {max_steps}",
                           path=recipe.source, field="training.max_steps",
                           hint="raise training.max_steps (or epochs) to train further")
+    check_deepspeed_resume(recipe, resume_from, state.world_size, world=world, deepspeed=deepspeed)
     return resume_from, state.global_step, state.position
 
 
