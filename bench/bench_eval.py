@@ -37,7 +37,9 @@ def _predictions(n: int) -> list[dict]:
         kind = i % 6
         pred = [out[0], out[-1].upper() + "!", inp, r["prediction"], "",
                 " ".join(out[0].split()[: max(1, len(out[0].split()) // 2)]) + f" extra words {i}"][kind]
-        records.append({**r, "prediction": pred})
+        # each copy its own instance id: a predictions file holds one line per instance
+        records.append({**r, "Instance": {**r["Instance"], "id": f"{r['Instance']['id']}#{i // len(base)}"},
+                        "prediction": pred})
     return records
 
 
@@ -70,8 +72,9 @@ def bench_scoring(n: int = 10_000) -> dict:
         write_predictions(path, records)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "mixtune", "eval", "score", str(path), "--collection",
-                               "bundled", "--json"], capture_output=True, text=True, env=env, check=True)
+        # no --collection: the copies are not the collection's instances, so the file's references are scored
+        proc = subprocess.run([sys.executable, "-m", "mixtune", "eval", "score", str(path), "--json"],
+                              capture_output=True, text=True, env=env, check=True)
         results["cli_seconds"] = time.perf_counter() - t
         cli = json.loads(proc.stdout)
         t = time.perf_counter()

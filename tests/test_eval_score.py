@@ -65,9 +65,10 @@ def predictions_file(tmp_path_factory, bundled_dir) -> Path:
     return path
 
 
-def _official(path: Path, bundled_dir: Path) -> dict:
-    """A straightforward reimplementation of the official formula, independent of mixtune's code: a fresh
-    RougeScorer(['rougeL'], use_stemmer=True) per pair, max over references, mean x 100, round 4."""
+def _official_items(items: list[tuple[str, str, str, list[str]]]) -> dict:
+    """A straightforward reimplementation of the official formula, independent of mixtune's code, over
+    (task, category, prediction, references) items: a fresh RougeScorer(['rougeL'], use_stemmer=True) per
+    pair, max over references, mean x 100, round 4."""
 
     def normalize(s: str) -> str:
         exclude = set(string.punctuation)
@@ -80,40 +81,140 @@ def _official(path: Path, bundled_dir: Path) -> dict:
         return max(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(prediction=pred, target=r)["rougeL"]
                    .fmeasure for r in refs)
 
-    def agg(items):
-        return {"exact_match": round(100.0 * sum(em(p, g) for p, g in items) / len(items), 4),
-                "rougeL": round(100.0 * sum(rl(p, g) for p, g in items) / len(items), 4)}
+    def agg(pairs):
+        return {"exact_match": round(100.0 * sum(em(p, g) for p, g in pairs) / len(pairs), 4),
+                "rougeL": round(100.0 * sum(rl(p, g) for p, g in pairs) / len(pairs), 4)}
 
-    examples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    category = {}
     by_task, by_cat = defaultdict(list), defaultdict(list)
-    for e in examples:
-        t = e["Task"]
-        if t not in category:
-            category[t] = json.loads((bundled_dir / "tasks" / f"{t}.json").read_text())["Categories"][0]
-        item = (e["prediction"], e["Instance"]["output"])
-        by_task[t].append(item)
-        by_cat[category[t]].append(item)
-    return {"overall": agg([(e["prediction"], e["Instance"]["output"]) for e in examples]),
+    for task, category, pred, refs in items:
+        by_task[task].append((pred, refs))
+        by_cat[category].append((pred, refs))
+    return {"overall": agg([(p, g) for _, _, p, g in items]),
             "per_category": {c: agg(v) for c, v in by_cat.items()},
             "per_task": {t: agg(v) for t, v in by_task.items()}}
 
 
-def test_score_agrees_with_official_formula(predictions_file, bundled_dir, collection) -> None:
-    ours = score_file(predictions_file, collection)
-    official = _official(predictions_file, bundled_dir)
-    assert set(ours) == {"overall", "per_category", "per_task"}
-    assert set(ours["per_task"]) == set(official["per_task"]) and len(ours["per_task"]) == 12
-    assert set(ours["per_category"]) == set(official["per_category"]) and len(ours["per_category"]) == 12
+def _official(path: Path, bundled_dir: Path) -> dict:
+    """The official formula over the file's own lines."""
+    items = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        e = json.loads(line)
+        task = json.loads((bundled_dir / "tasks" / f"{e['Task']}.json").read_text())
+        items.append((e["Task"], task["Categories"][0], e["prediction"], e["Instance"]["output"]))
+    return _official_items(items)
+
+
+def _official_against_references(path: Path, bundled_dir: Path, max_per_task: int = 100) -> tuple[dict, int]:
+    """The official script's loop: over the REFERENCE instances (the split's test tasks read from their
+    JSON files, first `max_per_task` each), predictions looked up by id, a missing one scored as ""."""
+    predictions = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        e = json.loads(line)
+        predictions[e["Instance"]["id"]] = e["prediction"]
+    items, missing = [], 0
+    for task_name in _held_out_tasks(bundled_dir):
+        task = json.loads((bundled_dir / "tasks" / f"{task_name}.json").read_text(encoding="utf-8"))
+        for inst in task["Instances"][:max_per_task]:
+            if inst["id"] not in predictions:
+                missing += 1
+            items.append((task_name, task["Categories"][0], predictions.get(inst["id"], ""), inst["output"]))
+    return _official_items(items), missing
+
+
+def _assert_same(ours: dict, official: dict) -> None:
+    assert set(ours["per_task"]) == set(official["per_task"])
+    assert set(ours["per_category"]) == set(official["per_category"])
     for table in ("per_category", "per_task"):
         for key, row in official[table].items():
             for metric, value in row.items():
                 assert ours[table][key][metric] == pytest.approx(value, abs=1e-4), (table, key, metric)
     for metric, value in official["overall"].items():
         assert ours["overall"][metric] == pytest.approx(value, abs=1e-4)
+
+
+def test_score_agrees_with_official_formula(predictions_file, bundled_dir, collection) -> None:
+    ours = score_file(predictions_file, collection, max_instances=MAX_PER_TASK)
+    official = _official(predictions_file, bundled_dir)
+    assert set(ours) == {"overall", "per_category", "per_task"}
+    assert len(ours["per_task"]) == 12 and len(ours["per_category"]) == 12
+    _assert_same(ours, official)
     # the predictions are a mixture: neither all right nor all wrong
     assert 20 < ours["overall"]["exact_match"] < 60
     assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
+    # without a collection the file's own lines are scored: the same here, where they are complete
+    _assert_same(score_file(predictions_file), {"overall": official["overall"], "per_task": official["per_task"],
+                                                "per_category": {"Uncategorized": official["overall"]}})
+
+
+@pytest.fixture(scope="module")
+def partial_file(tmp_path_factory, bundled_dir, collection) -> Path:
+    """copy_demo over the first 100 instances of each held-out task, a seeded random ~half of the lines kept,
+    in shuffled order."""
+    import random
+
+    from mixtune.eval.baselines import iter_baseline_records
+
+    records = list(iter_baseline_records(collection, "copy_demo"))
+    rng = random.Random(11)
+    kept = [r for r in records if rng.random() < 0.5]
+    rng.shuffle(kept)
+    path = tmp_path_factory.mktemp("partial") / "partial.jsonl"
+    write_predictions(path, kept)
+    return path
+
+
+def test_partial_file_scores_as_the_official_script(partial_file, bundled_dir, collection, capsys) -> None:
+    """With --collection the reference instances decide: a missing prediction is "" (official semantics)."""
+    details = score_file_details(partial_file, collection)
+    official, missing = _official_against_references(partial_file, bundled_dir)
+    assert 150 < missing < 350 and details.missing == missing
+    assert details.num_instances["overall"] == 494 and details.references == "collection"
+    _assert_same(details.as_dict(), official)
+    # the file's lines alone (no collection) score much higher: the semantics matter
+    assert score_file(partial_file)["overall"]["rougeL"] > official["overall"]["rougeL"] + 5
+    assert main(["eval", "score", str(partial_file), "--collection", "bundled", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["missing"] == missing and out["num_instances"] == 494 and out["references"] == "collection"
+    assert f"{missing} missing prediction(s) scored as empty" in captured.err
+    assert main(["eval", "score", str(partial_file)]) == 0
+    assert "references from the predictions file" in capsys.readouterr().out
+
+
+def test_references_in_the_file_do_not_change_a_collection_score(partial_file, collection, tmp_path) -> None:
+    forged = tmp_path / "forged.jsonl"
+    lines = [json.loads(x) for x in partial_file.read_text().splitlines()]
+    for r in lines:
+        r["Instance"]["output"] = [r["prediction"]]  # every prediction made "right" by its own line
+    write_predictions(forged, lines)
+    assert score_file(forged)["overall"] == {"exact_match": 100.0, "rougeL": 100.0}
+    assert score_file(forged, collection) == score_file(partial_file, collection)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_duplicated_and_unknown_instances_are_refused(partial_file, collection, tmp_path) -> None:
+    lines = _lines(partial_file)
+    twice = tmp_path / "twice.jsonl"
+    write_predictions(twice, [*lines[:3], {**lines[1], "prediction": lines[1]["Instance"]["output"][0]}])
+    for coll in (collection, None):
+        with pytest.raises(DataError, match=r"line 4: duplicate instance id .* \(first on line 2\)"):
+            score_file(twice, coll)
+    invented = tmp_path / "invented.jsonl"
+    write_predictions(invented, [*lines[:2], {**lines[2], "Instance": {**lines[2]["Instance"], "id": "made-up-1"}}])
+    with pytest.raises(DataError, match=r"line 3: unknown instance id 'made-up-1'"):
+        score_file(invented, collection)
+    # an instance past the first N, or a task outside the evaluated ones, is not evaluated either
+    with pytest.raises(DataError, match=r"unknown instance id .* not among the first 1 instances"):
+        score_file(partial_file, collection, max_instances=1)
+    train_task = next(t for t in collection.task_names() if t in collection.split("default").train)
+    other = tmp_path / "train_task.jsonl"
+    write_predictions(other, [{**lines[0], "Task": train_task}])
+    with pytest.raises(DataError, match=rf"line 1: task '{train_task}' is not evaluated"):
+        score_file(other, collection)
+    assert main(["eval", "score", str(twice), "--collection", "bundled"]) == 2
 
 
 def test_hand_computed_file(tmp_path) -> None:
@@ -175,8 +276,8 @@ def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
 def test_cli_score_json(predictions_file, collection, capsys) -> None:
     assert main(["eval", "score", str(predictions_file), "--collection", "bundled", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out == score_file(predictions_file, collection)
-    assert set(out) == {"overall", "per_category", "per_task"}
+    assert {k: out[k] for k in ("overall", "per_category", "per_task")} == score_file(predictions_file, collection)
+    assert set(out) == {"overall", "per_category", "per_task", "num_instances", "missing", "references"}
     assert set(out["overall"]) == {"exact_match", "rougeL"}
     for table in ("per_category", "per_task"):
         assert all(set(row) == {"exact_match", "rougeL"} for row in out[table].values())
@@ -222,7 +323,7 @@ def test_baselines(tmp_path, collection, bundled_dir, capsys) -> None:
     for r in demo_records:
         assert r["prediction"] == collection.info(r["Task"]).positive_examples[0].output
         assert r["Categories"] == list(collection.info(r["Task"]).categories)
-    copy_scores, demo_scores = score_file(copy, collection), score_file(demo, collection)
+    copy_scores, demo_scores = score_file(copy, collection, max_instances=10), score_file(demo, collection)
     assert copy_scores["overall"]["exact_match"] < 5.0  # copying the input is (almost) never the answer
     assert 0 < copy_scores["overall"]["rougeL"] < 50
     # copy_demo wins exact match on classification tasks, where the demo's label is often right

@@ -156,3 +156,19 @@ def test_missing_folders(tmp_path: Path) -> None:
 def test_unknown_collection_type() -> None:
     with pytest.raises(DataError, match="unknown collection type 'supernii'.*did you mean 'superni'"):
         open_collection("supernii")
+
+
+def test_duplicate_instance_ids_are_refused_when_the_collection_loads(tmp_path: Path) -> None:
+    """Predictions and resumed evaluations match an instance by (task, id): two instances with one id would
+    share one prediction, so the task file is refused, naming both instances."""
+    twins = [{"id": "t-0", "input": "a", "output": ["yes"]}, {"id": "t-0", "input": "b", "output": ["no"]}]
+    error = _open_error(tmp_path, _with(Instances=twins))
+    assert "instances 0 and 1 share the id 't-0'" in str(error) and error.field == "Instances.id"
+
+
+def test_duplicate_instance_ids_in_jsonl_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"task": "t", "id": "x", "input": "a", "output": "1"}\n'
+                    '{"task": "t", "id": "x", "input": "b", "output": "2"}\n')
+    with pytest.raises(DataError, match="instances 0 and 1 share the id 'x'"):
+        open_collection("jsonl", path, cache_dir=tmp_path / "cache")

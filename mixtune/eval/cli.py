@@ -1,6 +1,7 @@
 """`mixtune eval` subcommands: score, baseline, compare, run.
 
     mixtune eval score PRED.jsonl [--collection PATH|bundled] [--collection-type superni|hf|jsonl]
+                                  [--split default] [--tasks a,b*] [--max-instances 100]
                                   [--rouge-tokenizer default|multilingual] [--workers N] [--json]
     mixtune eval baseline --method copy_demo|copy_input [--collection PATH|bundled] [--split default]
                           [--tasks a,b*] [--max-instances 100] --out PRED.jsonl
@@ -40,6 +41,14 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _selection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="default", help="split whose test tasks are evaluated (default: default)")
+    parser.add_argument("--tasks", type=_comma_list, default=None, metavar="A,B*",
+                        help="comma-separated task names or globs instead of the split's test tasks")
+    parser.add_argument("--max-instances", type=int, default=100,
+                        help="first N instances of each task, in file order (default: 100, as the official)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `mixtune eval ...` to the `mixtune` parser."""
     ev = subparsers.add_parser("eval", help="held-out evaluation: score, baselines, compare, run",
@@ -48,15 +57,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     score = sub.add_parser("score", help="score a predictions JSONL with the official SuperNI metrics",
                            description="Exact match and ROUGE-L (max over references, x100) per task, per "
-                           "category and overall, for a predictions file in the official SuperNI format.")
+                           "category and overall, for a predictions file in the official SuperNI format. With "
+                           "--collection, the collection's evaluated instances (--split/--tasks/--max-instances, "
+                           "as `eval run`) are scored against its references, a missing prediction as the empty "
+                           "string (as the official script); without it, the file's own references are used.")
     score.add_argument("predictions", metavar="PRED.jsonl", help="predictions file (one JSON object per line)")
     _collection_args(score, None)
+    _selection_args(score)
     score.add_argument("--rouge-tokenizer", choices=("default", "multilingual"), default="default",
                        help=ROUGE_TOKENIZER_HELP)
     score.add_argument("--workers", type=int, default=None,
                        help="processes to score with (default: 1; one process scores ~10,000 predictions/s)")
     score.add_argument("--json", action="store_true",
-                       help='print {"overall", "per_category", "per_task"} as JSON on stdout')
+                       help='print {"overall", "per_category", "per_task", "num_instances", "missing", '
+                       '"references"} as JSON on stdout')
     score.set_defaults(func=_score)
 
     base = sub.add_parser("baseline", help="write a heuristic baseline's predictions (copy_demo, copy_input)",
@@ -64,11 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "(the first positive example's output) or copy_input (the instance input).")
     base.add_argument("--method", required=True, choices=("copy_demo", "copy_input"))
     _collection_args(base, "bundled")
-    base.add_argument("--split", default="default", help="split whose test tasks are evaluated (default: default)")
-    base.add_argument("--tasks", type=_comma_list, default=None, metavar="A,B*",
-                      help="comma-separated task names or globs instead of the split's test tasks")
-    base.add_argument("--max-instances", type=int, default=100,
-                      help="first N instances of each task, in file order (default: 100, as the official)")
+    _selection_args(base)
     base.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions file to write")
     base.set_defaults(func=_baseline)
 
@@ -125,24 +135,30 @@ def _score(args: argparse.Namespace) -> int:
     from mixtune.eval.metrics import UNCATEGORIZED, primary_metric, score_file_details
     from mixtune.eval.predictions import resolve_collection
 
+    if args.max_instances is not None and args.max_instances < 1:
+        raise ConfigError("must be at least 1", field="--max-instances")
     collection = resolve_collection(args.collection, args.collection_type)
     scores = score_file_details(args.predictions, collection, rouge_tokenizer=args.rouge_tokenizer,
-                                workers=args.workers)
+                                workers=args.workers, split=args.split, tasks=args.tasks,
+                                max_instances=args.max_instances)
     if set(scores.per_category) == {UNCATEGORIZED}:
         print("mixtune: no task categories (no --collection and no 'Categories' field in the lines); "
               "pass --collection PATH|bundled for per-category scores", file=sys.stderr)
+    source = _references_text(scores)
     if args.json:
-        json.dump(scores.as_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        payload = {**scores.as_dict(), "num_instances": scores.num_instances["overall"],
+                   "missing": scores.missing, "references": scores.references}
+        json.dump(payload, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
-        print(f"mixtune: {scores.num_instances['overall']} instances, ROUGE tokenizer: {scores.rouge_tokenizer}",
-              file=sys.stderr)
+        print(f"mixtune: {scores.num_instances['overall']} instances, {source}, ROUGE tokenizer: "
+              f"{scores.rouge_tokenizer}", file=sys.stderr)
         return 0
     counts = scores.num_instances
 
     def fmt(row: dict[str, float], prim: str | None) -> list[str]:
         return [f"[bold]{row[m]:.2f}*[/bold]" if m == prim else f"{row[m]:.2f}" for m in ("exact_match", "rougeL")]
 
-    print(f"{args.predictions}: {counts['overall']} instances, {len(scores.per_task)} tasks, "
+    print(f"{args.predictions}: {counts['overall']} instances, {len(scores.per_task)} tasks, {source}, "
           f"ROUGE tokenizer: {scores.rouge_tokenizer}")
     _print_table("overall",
                  [("overall", *fmt(scores.overall, None), str(counts["overall"]))],
@@ -155,6 +171,15 @@ def _score(args: argparse.Namespace) -> int:
                   for t, r in scores.per_task.items()],
                  ("task", "EM", "ROUGE-L", "instances"))
     return 0
+
+
+def _references_text(scores: Any) -> str:
+    """How the references were chosen, for the score output: the collection's (and how many were missing)
+    or the file's own."""
+    if scores.references == "collection":
+        return (f"references from the collection, {scores.missing} missing prediction(s) scored as empty"
+                if scores.missing else "references from the collection, no missing prediction")
+    return "references from the predictions file (no --collection: its lines are trusted as they are)"
 
 
 def _baseline(args: argparse.Namespace) -> int:

@@ -50,11 +50,20 @@ def resolve_tasks(collection: Any, split: str = "default", tasks: Sequence[str] 
     return chosen_list
 
 
-def first_instances(collection: Any, task: str, max_instances: int) -> list[dict[str, Any]]:
-    """The first `max_instances` instances of `task` in file order, as {"id", "input", "output": [...]}."""
+def first_instances(collection: Any, task: str, max_instances: int | None) -> list[dict[str, Any]]:
+    """The first `max_instances` (None: all) instances of `task` in file order, as {"id", "input", "output"}."""
     table = collection.instances(task)
-    rows = table.slice(0, max_instances).to_pylist()
+    rows = (table if max_instances is None else table.slice(0, max_instances)).to_pylist()
     return [{"id": str(r["id"]), "input": r["input"], "output": list(r["output"])} for r in rows]
+
+
+def eval_instances(collection: Any, split: str = "default", max_instances: int | None = 100,
+                   tasks: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(task, instance) of every evaluated instance: the split's test tasks (or `tasks`) in sorted order, the
+    first `max_instances` instances of each in file order. `eval run`, `eval baseline` and `eval score
+    --collection` all evaluate exactly this set."""
+    return [(task, inst) for task in resolve_tasks(collection, split, tasks)
+            for inst in first_instances(collection, task, max_instances)]
 
 
 def build_eval_set(collection: Any, split: str = "default", max_instances: int = 100,

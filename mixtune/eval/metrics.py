@@ -227,6 +227,10 @@ class Scores:
     num_instances: dict[str, Any] = field(default_factory=dict)
     task_category: dict[str, str] = field(default_factory=dict)
     rouge_tokenizer: str = "default"
+    #: where the references came from: "collection" (its evaluated instances) or "file" (the predictions' own)
+    references: str = "file"
+    #: evaluated instances the predictions file had no line for (scored as "", as the official script does)
+    missing: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The `eval score --json` form: {"overall", "per_category", "per_task"}."""
@@ -240,6 +244,8 @@ class Scores:
             "task_category": self.task_category,
             "primary_metric": {c: primary_metric(c) for c in self.per_category},
             "rouge_tokenizer": self.rouge_tokenizer,
+            "references": self.references,
+            "missing": self.missing,
         }
 
     @classmethod
@@ -252,6 +258,8 @@ class Scores:
             num_instances=dict(data.get("num_instances", {})),
             task_category=dict(data.get("task_category", {})),
             rouge_tokenizer=data.get("rouge_tokenizer", "default"),
+            references=data.get("references", "file"),
+            missing=int(data.get("missing", 0)),
         )
 
 
@@ -332,15 +340,38 @@ def score_file_details(
     *,
     rouge_tokenizer: str = "default",
     workers: int | None = None,
+    split: str = "default",
+    tasks: Sequence[str] | None = None,
+    max_instances: int | None = 100,
 ) -> Scores:
-    """Read and score a predictions JSONL; `collection` (object, path or "bundled") supplies the categories
-    and rejects tasks it does not have."""
-    from mixtune.eval.predictions import read_predictions, resolve_collection, task_categories
+    """Read and score a predictions JSONL.
+
+    With a `collection` (object, path or "bundled"), the collection decides what is scored: its evaluated
+    instances (`split`'s test tasks or `tasks`, the first `max_instances` of each: what `eval run`
+    evaluates), each once, against the collection's references; an instance without a line scores as ""
+    (`Scores.missing` counts them); a line for an instance not evaluated, or a second line for one, is a
+    DataError naming the line. Without a collection, the file's own lines and references are scored
+    (`Scores.references == "file"`); a repeated (task, instance id) is refused there too.
+    """
+    from mixtune.eval.predictions import (
+        align_to_collection,
+        read_prediction_lines,
+        refuse_duplicates,
+        resolve_collection,
+        task_categories,
+    )
 
     collection = resolve_collection(collection)
-    records = read_predictions(path, collection=collection)
-    categories = task_categories(collection, {r["Task"] for r in records}) if collection is not None else None
-    return compute_scores(records, categories, rouge_tokenizer=rouge_tokenizer, workers=workers)
+    lines = read_prediction_lines(path, collection=collection)
+    if collection is None:
+        refuse_duplicates(lines, path)
+        return compute_scores([r for _, r in lines], None, rouge_tokenizer=rouge_tokenizer, workers=workers)
+    records, missing = align_to_collection(lines, path, collection, split=split, tasks=tasks,
+                                           max_instances=max_instances)
+    categories = task_categories(collection, {r["Task"] for r in records})
+    scores = compute_scores(records, categories, rouge_tokenizer=rouge_tokenizer, workers=workers)
+    scores.references, scores.missing = "collection", missing
+    return scores
 
 
 def score_file(
@@ -349,6 +380,10 @@ def score_file(
     *,
     rouge_tokenizer: str = "default",
     workers: int | None = None,
+    split: str = "default",
+    tasks: Sequence[str] | None = None,
+    max_instances: int | None = 100,
 ) -> dict[str, Any]:
     """`score_predictions` of a predictions JSONL file (see `score_file_details`)."""
-    return score_file_details(path, collection, rouge_tokenizer=rouge_tokenizer, workers=workers).as_dict()
+    return score_file_details(path, collection, rouge_tokenizer=rouge_tokenizer, workers=workers, split=split,
+                              tasks=tasks, max_instances=max_instances).as_dict()

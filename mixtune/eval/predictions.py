@@ -8,7 +8,7 @@ Each line: ``{"Task": str, "Instance": {"id"?: str, "input": str, "output": [str
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +102,14 @@ def read_predictions(path: str | Path, *, collection: Any = None) -> list[dict[s
     With a `collection`, every `Task` must be one of its tasks. Blank lines are skipped. Each returned
     record has a `prediction` key (copied from `Prediction` when that is the spelling used).
     """
+    return [record for _, record in read_prediction_lines(path, collection=collection)]
+
+
+def read_prediction_lines(path: str | Path, *, collection: Any = None) -> list[tuple[int, dict[str, Any]]]:
+    """`read_predictions` with each record's line number: [(line, record), ...]."""
     path = Path(path)
     known = frozenset(collection.task_names()) if collection is not None else None
-    records: list[dict[str, Any]] = []
+    records: list[tuple[int, dict[str, Any]]] = []
     try:
         handle = path.open(encoding="utf-8")
     except FileNotFoundError:
@@ -121,12 +126,67 @@ def read_predictions(path: str | Path, *, collection: Any = None) -> list[dict[s
                 except json.JSONDecodeError as e:
                     raise _fail(path, number, f"invalid JSON ({e.msg} at column {e.colno})",
                                 hint="one JSON object per line (JSON Lines)") from None
-                records.append(_check_record(obj, path, number, known, collection))
+                records.append((number, _check_record(obj, path, number, known, collection)))
         except UnicodeDecodeError as e:
             raise DataError(f"not UTF-8 text ({e.reason})", path=path) from None
     if not records:
         raise DataError("no predictions in file", path=path, hint=FORMAT_HINT)
     return records
+
+
+def refuse_duplicates(lines: list[tuple[int, dict[str, Any]]], path: str | Path) -> None:
+    """A DataError naming the line when two lines predict the same (task, instance id)."""
+    seen: dict[tuple[str, str], int] = {}
+    for number, record in lines:
+        if record["Instance"].get("id") is None:
+            continue
+        key = (record["Task"], str(record["Instance"]["id"]))
+        if key in seen:
+            raise _fail(Path(path), number, f"duplicate instance id {key[1]!r} of task {key[0]!r} (first on line "
+                        f"{seen[key]})", field="Instance.id", hint="keep one prediction per instance")
+        seen[key] = number
+
+
+def align_to_collection(lines: list[tuple[int, dict[str, Any]]], path: str | Path, collection: Any, *,
+                        split: str = "default", tasks: Sequence[str] | None = None,
+                        max_instances: int | None = 100) -> tuple[list[dict[str, Any]], int]:
+    """The collection's evaluated instances (`evalsets.eval_instances`: the same set `eval run` evaluates),
+    each with the file's prediction for it, or "" when the file has none, as the official SuperNI script
+    scores a missing prediction. References and categories come from the collection, never from the file.
+
+    Returns (records in evaluation order, number of missing predictions). A line whose (task, instance id)
+    is not an evaluated instance, or repeats one, is a DataError naming the line.
+    """
+    from mixtune.eval.evalsets import eval_instances
+
+    path = Path(path)
+    evaluated = eval_instances(collection, split, max_instances, tasks)
+    keys = {(task, str(inst["id"])) for task, inst in evaluated}
+    evaluated_tasks = {task for task, _ in evaluated}
+    chosen = f"the first {max_instances} instances" if max_instances is not None else "all instances"
+    where = f"tasks {', '.join(tasks)}" if tasks else f"split {split!r}'s test tasks"
+    refuse_duplicates(lines, path)
+    found: dict[tuple[str, str], str] = {}
+    for number, record in lines:
+        task, iid = record["Task"], record["Instance"].get("id")
+        if iid is None:
+            raise _fail(path, number, "no instance id: with a collection, predictions are matched to its "
+                        "instances by (Task, Instance.id)", field="Instance.id",
+                        hint="write each instance's id (eval run and eval baseline do), or score without --collection")
+        if task not in evaluated_tasks:
+            raise _fail(path, number, f"task {task!r} is not evaluated ({where})", field="Task",
+                        hint="score with the --split / --tasks the predictions were made for")
+        if (task, str(iid)) not in keys:
+            raise _fail(path, number, f"unknown instance id {iid!r} of task {task!r}: not among {chosen} of "
+                        f"the task in the collection", field="Instance.id",
+                        hint="score with the --max-instances the predictions were made for")
+        found[(task, str(iid))] = record["prediction"]
+    records = []
+    for task, inst in evaluated:
+        info = collection.info(task)
+        records.append(prediction_record(task, inst, found.get((task, str(inst["id"])), ""),
+                                         categories=info.categories))
+    return records, len(evaluated) - len(found)
 
 
 def prediction_record(

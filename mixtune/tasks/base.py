@@ -11,7 +11,7 @@ import pyarrow as pa
 from mixtune.config import suggest
 from mixtune.errors import DataError
 from mixtune.tasks import cache
-from mixtune.tasks.headers import check_task_name
+from mixtune.tasks.headers import check_task_name, refuse_duplicate_ids
 from mixtune.tasks.schema import Instance, Split, TaskInfo
 
 SPLIT_FILES = ("train", "test", "excluded")
@@ -66,7 +66,9 @@ class IndexedCollection:
             if not path.exists():  # the cache was cleaned since this collection was opened
                 self._reindex(task)
                 path = self._files[task]
-            table = self._tables[task] = cache.read_instances(path)
+            table = cache.read_instances(path)
+            refuse_duplicate_ids(table, task, self.path)
+            self._tables[task] = table
         return table
 
     def content_key(self, task: str) -> str:

@@ -189,6 +189,22 @@ def instance_table(instances: Any, *, task: str, path: str | Path, field: str = 
                                  pa.array(outputs_, pa.list_(pa.string()))], schema=INSTANCE_SCHEMA)
 
 
+def refuse_duplicate_ids(table: pa.Table, task: str, where: Path | str) -> None:
+    """A DataError when two instances of `task` share an id: predictions files, resumed evaluations and the
+    scorer match a prediction to its instance by (task, instance id), so ids must be unique in a task."""
+    ids = table.column("id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return
+    first: dict[str, int] = {}
+    for row, value in enumerate(ids.to_pylist()):
+        if value in first:
+            raise DataError(f"task {task!r}: instances {first[value]} and {row} share the id {value!r}",
+                            path=where, field="Instances.id",
+                            hint="give every instance of a task its own id (or leave ids out: mixtune then "
+                                 "numbers them <task>-<n>)")
+        first[value] = row
+
+
 def _bad_instance(inst: Any, i: int, *, task: str, path: str | Path, field: str,
                   line_numbers: list[int] | None) -> None:
     where = f"line {line_numbers[i]}: " if line_numbers else ""

@@ -40,6 +40,7 @@ from mixtune.tasks.headers import (
     has_lone_surrogate,
     header_from,
     instance_columns,
+    refuse_duplicate_ids,
 )
 
 INSTANCE_KEYS = ("task", "input", "output", "id")
@@ -112,7 +113,9 @@ class JsonlCollection(IndexedCollection):
                                                     allow_string_output=True)
             header["num_instances"] = len(ids)
             key = cache.content_hash("jsonl", ident, task)
-            cache.write_instances(self.cache_root, key, cache.build_table(ids, inputs, outputs), header)
+            table = cache.build_table(ids, inputs, outputs)
+            refuse_duplicate_ids(table, task, parsed["file"])
+            cache.write_instances(self.cache_root, key, table, header)
             entries[task] = {"key": key, "header": header}
         missing = sorted(set(defaults) - set(tasks))
         if missing and any(s.name == "tasks.yaml" for s in sidecars):

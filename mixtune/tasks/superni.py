@@ -29,7 +29,14 @@ from typing import Any
 from mixtune.errors import DataError
 from mixtune.tasks import cache
 from mixtune.tasks.base import IndexedCollection
-from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_table, parse_json
+from mixtune.tasks.headers import (
+    SUPERNI_FIELDS,
+    check_task_name,
+    header_from,
+    instance_table,
+    parse_json,
+    refuse_duplicate_ids,
+)
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
 ENTRY_KEYS = frozenset({"size", "mtime_ns", "key", "verified_ns", "header"})
@@ -200,6 +207,7 @@ def parse_task_file(data: bytes, path: str | Path, task: str):
                         hint='add "Instances": [{"id": ..., "input": ..., "output": [...]}, ...]')
     header = header_from(obj, path=path, require_definition=True, names=SUPERNI_FIELDS)
     table = instance_table(obj.pop("Instances"), task=task, path=path)
+    refuse_duplicate_ids(table, task, path)
     header["num_instances"] = table.num_rows
     header["extra"] = {k: v for k, v in obj.items() if k not in SUPERNI_FIELDS}
     return header, table
