@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
     except MixtuneError as e:
-        print(f"mixtune: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # a copy of another process's error (mixtune.eval.collective)
+            print(f"mixtune: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -73,10 +73,10 @@ def test_report_from_runner_metrics(tmp_path, runs) -> None:
     """`mixtune eval run`'s metrics.json layout: one score table per setting, baselines beside them."""
     model, untrained, baselines = runs
     metrics = {
+        "schema_version": 1, "name": "checkpoint-10 [def_pos2]", **model.to_json(), "primary": 50.0,
         "model": "/runs/tiny/checkpoint-10", "step": 10, "split": "default", "primary_setting": "def_pos2",
         "settings": {"def_pos2": {**model.to_json(), "primary": 50.0}, "zero_shot": untrained.to_json()},
         "baselines": {k: v.to_json() for k, v in baselines.items()}, "rank_classification": {},
-        "overall": model.overall,
     }
     write_report(metrics, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # kept as given
@@ -107,3 +107,22 @@ def test_compare_missing_metrics(tmp_path) -> None:
     (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(DataError, match="no 'overall' table"):
         compare([tmp_path])
+
+
+def test_metrics_json_is_validated_when_written_and_read(tmp_path, runs) -> None:
+    """metrics.json has one schema (mixtune.eval.schema.EvalMetrics): a bad field is refused on the way out,
+    and `eval compare` refuses a file of another shape or version, naming the field."""
+    model, _, _ = runs
+    with pytest.raises(DataError, match=r"settings\.def_pos2\.overall"):
+        write_report({"schema_version": 1, "name": "x", **model.to_json(), "settings": {"def_pos2": {"overall": 3}}},
+                     tmp_path / "bad")
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+    write_report(model, tmp_path / "good")
+    data = json.loads((tmp_path / "good" / "metrics.json").read_text())
+    assert data["schema_version"] == 1
+    for change, field in (({"schema_version": None}, "schema_version"), ({"per_task": {"t": {"rougeL": "high"}}},
+                                                                           "per_task.t.rougeL")):
+        (tmp_path / "good" / "metrics.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(DataError, match=field.replace(".", r"\.")):
+            load_metrics(tmp_path / "good")
+        assert main(["eval", "compare", str(tmp_path / "good")]) == 2

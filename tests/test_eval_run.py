@@ -160,7 +160,7 @@ def test_eval_run_writes_everything(finished_run, collection):
     assert set(saved["overall"]) == {"exact_match", "rougeL"}
     assert set(saved["per_task"]) == set(TASKS)
     assert set(saved["settings"]) == {"def_pos2", "zero_shot"}
-    assert set(saved["baselines"]) == {"copy_demo", "copy_input"}
+    assert set(saved["baselines"]) == {"copy_demo", "copy_input", "random_label"}
     assert saved["num_instances"]["overall"] == 9 and saved["settings"]["zero_shot"]["generated"] == 9
     # the metrics are the official scorer's on the written file
     assert score_file(out / "predictions.jsonl", collection, tasks=TASKS, max_instances=3)["per_task"] == saved["per_task"]
@@ -249,7 +249,7 @@ def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path)
     root = Path(args.output_dir)
     assert sorted(p.name for p in (root / EVAL_DIR).iterdir()) == ["step-2", "step-4", "step-5"]
     final = json.loads((root / EVAL_DIR / "step-5" / "metrics.json").read_text())
-    assert final["step"] == 5 and set(final["baselines"]) == {"copy_demo", "copy_input"}
+    assert final["step"] == 5 and set(final["baselines"]) == {"copy_demo", "copy_input", "random_label"}
     logged = [h for h in trainer.state.log_history if "heldout/zero_shot/exact_match" in h]
     assert [h["step"] for h in logged] == [2, 4, 5]
     best = json.loads((root / BEST_FILE).read_text())

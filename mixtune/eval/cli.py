@@ -3,13 +3,14 @@
     mixtune eval score PRED.jsonl [--collection PATH|bundled] [--collection-type superni|hf|jsonl]
                                   [--split default] [--tasks a,b*] [--max-instances 100]
                                   [--rouge-tokenizer default|multilingual] [--workers N] [--json]
-    mixtune eval baseline --method copy_demo|copy_input [--collection PATH|bundled] [--split default]
-                          [--tasks a,b*] [--max-instances 100] --out PRED.jsonl
+    mixtune eval baseline --method copy_demo|copy_input|random_label [--collection PATH|bundled]
+                          [--split default] [--tasks a,b*] [--max-instances 100] [--seed 0] --out PRED.jsonl
     mixtune eval compare DIR1 DIR2 ... [--baselines]
     mixtune eval run MODEL_DIR [--eval EVAL.yaml] --out DIR [--collection PATH|bundled]
                      [--collection-type T] [--split NAME] [--tasks a,b*] [--settings zero_shot,def_pos2,pos2]
                      [--max-instances N] [--batch-size N] [--max-new-tokens N] [--max-source-length N]
-                     [--chat] [--rank-classification] [--no-baselines] [--overwrite] [--set KEY=VALUE ...]
+                     [--chat] [--rank-classification] [--mixture PATH] [--no-baselines] [--overwrite]
+                     [--set KEY=VALUE ...]
 
 `eval run`'s flags become eval-spec overrides (`--set` entries first, the named flags after, so they win)
 in `args.set`, and `mixtune.eval.runner.run_eval_from_args(args)` does the rest.
@@ -73,12 +74,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        '"references"} as JSON on stdout')
     score.set_defaults(func=_score)
 
-    base = sub.add_parser("baseline", help="write a heuristic baseline's predictions (copy_demo, copy_input)",
+    base = sub.add_parser("baseline", help="write a baseline's predictions (copy_demo, copy_input, random_label)",
                           description="The SuperNI paper's heuristic baselines as a predictions file: copy_demo "
-                          "(the first positive example's output) or copy_input (the instance input).")
-    base.add_argument("--method", required=True, choices=("copy_demo", "copy_input"))
+                          "(the first positive example's output) or copy_input (the instance input); and "
+                          "random_label, the random-guess control of Kung & Peng (2023): a seeded uniform choice "
+                          "among the task's observed outputs for tasks with a small label set, else copy_input.")
+    base.add_argument("--method", required=True, choices=("copy_demo", "copy_input", "random_label"))
     _collection_args(base, "bundled")
     _selection_args(base)
+    base.add_argument("--seed", type=int, default=0, help="seed of random_label's draws (default: 0)")
+    base.add_argument("--max-labels", type=int, default=10,
+                      help="random_label: a task with at most this many distinct outputs has a label set (default: 10)")
     base.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions file to write")
     base.set_defaults(func=_baseline)
 
@@ -108,7 +114,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--chat", action="store_true", default=None, help="render prompts with the chat template")
     run.add_argument("--rank-classification", action="store_true", default=None,
                      help="also rank the labels of small-label-set tasks by log-likelihood")
-    run.add_argument("--no-baselines", action="store_true", help="skip the copy_demo / copy_input baselines")
+    run.add_argument("--mixture", default=None, metavar="PATH",
+                     help="training mixture for the generalisation levels: a mixture YAML or a mixtune_run.json "
+                     "(default: the model folder's mixtune_run.json)")
+    run.add_argument("--no-baselines", action="store_true",
+                     help="skip the copy_demo / copy_input / random_label baselines")
     run.add_argument("--overwrite", action="store_true", help="discard predictions already in --out")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="eval spec override, e.g. --set max_new_tokens=64 (repeatable)")
@@ -190,7 +200,7 @@ def _baseline(args: argparse.Namespace) -> int:
         raise ConfigError("must be at least 1", field="--max-instances")
     collection = resolve_collection(args.collection, args.collection_type)
     n = write_baseline(collection, args.method, args.out, split=args.split, max_instances=args.max_instances,
-                       tasks=args.tasks)
+                       tasks=args.tasks, seed=args.seed, max_labels=args.max_labels)
     print(f"{args.method}: wrote {n} predictions to {args.out}")
     return 0
 
@@ -220,6 +230,7 @@ def spec_overrides(args: argparse.Namespace) -> list[str]:
         "max_source_length": args.max_source_length,
         "chat": args.chat,
         "rank_classification": args.rank_classification,
+        "mixture": str(Path(args.mixture).expanduser().resolve()) if args.mixture else None,
     }
     # JSON is valid YAML: strings stay strings (quoted), lists and numbers keep their type.
     return [*args.set, *(f"{k}={json.dumps(v)}" for k, v in fields.items() if v is not None)]

@@ -66,34 +66,47 @@ def eval_instances(collection: Any, split: str = "default", max_instances: int |
             for inst in first_instances(collection, task, max_instances)]
 
 
-def build_eval_set(collection: Any, split: str = "default", max_instances: int = 100,
+def build_eval_set(collection: Any, split: str = "default", max_instances: int | None = 100,
                    setting: str = "def_pos2", *, tasks: Sequence[str] | None = None, tokenizer: Any = None,
-                   max_source_length: int | None = None, chat: bool = False) -> list[dict[str, Any]]:
+                   max_source_length: int | None = None, chat: bool = False,
+                   instances: Sequence[tuple[str, dict[str, Any]]] | None = None, seed: int = 0,
+                   max_labels: int = 10) -> list[dict[str, Any]]:
     """The evaluation records of one setting, task by task in sorted order, instances in file order.
 
+    `instances` ((task, instance) pairs) replaces the split's evaluated instances (e.g. the unseen instances
+    of training tasks). A control setting (`mixtune.eval.controls`) writes each task's changed header with
+    its prompt shape; `output_space_only` keeps only the tasks with a small label set (`max_labels`).
     With `tokenizer` and `max_source_length`, prompts are fitted to the budget as Tk-Instruct does
     (demonstrations dropped, then cut). With `chat`, each prompt is the tokenizer's chat rendering of
     the user turn plus the generation prompt.
     """
     from mixtune.encodings import encode_prompt, encoding_for_setting, render_chat
+    from mixtune.eval.controls import control_infos, is_control, shape_of
 
-    encoding = encoding_for_setting(setting)
+    if instances is None:
+        instances = eval_instances(collection, split, max_instances, tasks)
+    names = sorted({task for task, _ in instances})
+    if is_control(setting):
+        infos = control_infos(collection, names, setting, seed=seed, max_labels=max_labels)
+    else:
+        infos = {t: collection.info(t) for t in names}
+    encoding = encoding_for_setting(shape_of(setting))
     records: list[dict[str, Any]] = []
-    for task in resolve_tasks(collection, split, tasks):
-        info = collection.info(task)
-        for inst in first_instances(collection, task, max_instances):
-            prompt = encode_prompt(info, inst["input"], encoding, tokenizer=tokenizer,
-                                   max_source_length=max_source_length)
-            if chat:
-                prompt, _ = render_chat(tokenizer, prompt)
-            records.append({
-                "Task": task,
-                "Categories": list(info.categories),
-                "Definition": [info.definition],
-                "Instance": inst,
-                "prompt": prompt,
-                "setting": setting,
-            })
+    for task, inst in instances:
+        info = infos.get(task)
+        if info is None:
+            continue
+        prompt = encode_prompt(info, inst["input"], encoding, tokenizer=tokenizer, max_source_length=max_source_length)
+        if chat:
+            prompt, _ = render_chat(tokenizer, prompt)
+        records.append({
+            "Task": task,
+            "Categories": list(info.categories),
+            "Definition": [info.definition],
+            "Instance": inst,
+            "prompt": prompt,
+            "setting": setting,
+        })
     return records
 
 

@@ -47,8 +47,12 @@ def render_report(
     meta: Mapping[str, Any] | None = None,
     rank_classification: Mapping[str, Scores] | None = None,
     num_extreme: int = 5,
+    levels: Mapping[str, Mapping[str, Any]] | None = None,
+    controls: Mapping[str, Mapping[str, Any]] | None = None,
+    primary_setting: str | None = None,
 ) -> str:
-    """The Markdown report: overall, per-category table (primary metric in bold), worst/best tasks."""
+    """The Markdown report: overall, per-category table (primary metric in bold), worst/best tasks, the
+    generalisation levels and the instruction-sensitivity controls (when evaluated)."""
     baselines = dict(baselines or {})
     others = dict(others or {})
     columns = {name: scores, **others, **baselines}
@@ -99,6 +103,10 @@ def render_report(
             metric = primary_metric(cat)
             base = [_fmt(columns[e].per_task.get(task, {}).get(metric)) for e in extra]
             lines.append(f"| {task} | {cat} | {LABELS[metric]} | {_fmt(value)} |" + "".join(f" {b} |" for b in base))
+    if levels:
+        lines += ["", *levels_section(levels)]
+    if controls:
+        lines += ["", *controls_section(controls, primary_setting or name)]
     if rank_classification:
         lines += ["", "## Rank classification (separate from generation)", "",
                   "Tasks with a small label set, each label scored by the model's log-likelihood; exact match.", "",
@@ -107,6 +115,52 @@ def render_report(
             lines.append(f"| {setting} | {len(s.per_task)} | {s.num_instances.get('overall', '?')} | "
                          f"{_fmt(s.overall['exact_match'])} |")
     return "\n".join(lines) + "\n"
+
+
+LEVEL_TEXT = {
+    "unseen_category": "tasks of categories the training mixture never saw",
+    "unseen_task": "unseen tasks of categories the mixture saw",
+    "unseen_instance": "instances of training tasks outside the mixture's pools",
+}
+
+
+def levels_section(levels: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The report's generalisation-levels table (OPT-IML Bench), primary setting."""
+    lines = ["## Generalisation levels (primary setting)", "",
+             "Membership from the collection and the training mixture (OPT-IML Bench's three levels).", "",
+             "| Level | What | Tasks | Instances | EM | ROUGE-L |", "|---|---|---:|---:|---:|---:|"]
+    for level, text in LEVEL_TEXT.items():
+        row = levels.get(level)
+        if row is not None:
+            lines.append(f"| {level} | {text} | {len(row['tasks'])} | {row['num_instances']} | "
+                         f"{_fmt(row['exact_match'])} | {_fmt(row['rougeL'])} |")
+    return lines
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}"
+
+
+def control_sentence(label: str, control: Mapping[str, Any], overall: Mapping[str, float], primary: str) -> str:
+    """One sentence: a control's EM / ROUGE-L and their difference from the primary setting on the same tasks."""
+    same = control["primary_on_same_tasks"]
+    if same.get("exact_match") is None:
+        return f"- **{label}** ({control['changes']}): no task qualified."
+    tasks = len(control["tasks"])
+    return (f"- **{label}** ({control['changes']}): EM {_fmt(overall['exact_match'])}, ROUGE-L "
+            f"{_fmt(overall['rougeL'])}, that is {_signed(overall['exact_match'] - same['exact_match'])} EM and "
+            f"{_signed(overall['rougeL'] - same['rougeL'])} ROUGE-L from the primary setting {primary} "
+            f"({_fmt(same['exact_match'])} / {_fmt(same['rougeL'])}) on the same {tasks} task(s).")
+
+
+def controls_section(controls: Mapping[str, Mapping[str, Any]], primary: str) -> list[str]:
+    """The report's instruction-sensitivity section: one sentence per control (Kung & Peng 2023)."""
+    lines = ["## Instruction-sensitivity controls", "",
+             "A model that reads the instructions loses clearly when they are replaced or misleading "
+             "(Kung & Peng 2023; Yin et al. 2023).", ""]
+    for label, entry in controls.items():
+        lines.append(control_sentence(label, entry["control"], entry["overall"], primary))
+    return lines
 
 
 def standing(name: str, scores: Scores, baselines: Mapping[str, Scores]) -> str:
@@ -166,6 +220,9 @@ class RunView:
     others: dict[str, Scores] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     rank_classification: dict[str, Scores] = field(default_factory=dict)
+    levels: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, Any] = field(default_factory=dict)
+    primary_setting: str | None = None
 
 
 def run_view(metrics: Scores | Mapping[str, Any], *, name: str | None = None,
@@ -175,6 +232,9 @@ def run_view(metrics: Scores | Mapping[str, Any], *, name: str | None = None,
     (one score table per setting under "settings", the first being "primary_setting")."""
     extra_meta: dict[str, Any] = {}
     rank: dict[str, Scores] = {}
+    levels: dict[str, Any] = {}
+    controls: dict[str, Any] = {}
+    primary: str | None = None
     found_baselines: dict[str, Scores] = {}
     found_others: dict[str, Scores] = {}
     if isinstance(metrics, Scores):
@@ -190,6 +250,9 @@ def run_view(metrics: Scores | Mapping[str, Any], *, name: str | None = None,
         found_others.update({k: Scores.from_json(v) for k, v in metrics.get("others", {}).items()})
         found_baselines = {k: Scores.from_json(v) for k, v in metrics.get("baselines", {}).items()}
         rank = {k: Scores.from_json(v) for k, v in metrics.get("rank_classification", {}).items()}
+        levels = dict(metrics.get("levels") or {})
+        controls = {label: v for label, v in [*settings.items(), *metrics.get("baselines", {}).items()]
+                    if v.get("control")}
         for key in ("model", "kind", "step", "collection", "split", "max_instances_per_task"):
             if metrics.get(key) is not None:
                 extra_meta[key] = metrics[key]
@@ -209,6 +272,9 @@ def run_view(metrics: Scores | Mapping[str, Any], *, name: str | None = None,
         others={**found_others, **dict(others or {})},
         meta={**extra_meta, **dict(meta or {})},
         rank_classification=rank,
+        levels=levels,
+        controls=controls,
+        primary_setting=primary,
     )
 
 
@@ -227,24 +293,33 @@ def write_report(
     `meta`), or an already-built metrics dict such as `mixtune eval run`'s, which is written unchanged.
     `baselines` / `others` (name -> Scores) go beside the model in every table and in the plot.
     """
-    view = run_view(metrics, name=name, baselines=baselines, others=others, meta=meta)
+    from mixtune.eval.schema import SCHEMA_VERSION, validate_metrics
+
     out = Path(out_dir)
+    paths = {"metrics": out / METRICS_FILE, "report": out / REPORT_FILE, "plot": out / PLOT_FILE}
+    built = isinstance(metrics, Mapping) and not (baselines or others or meta or name)
+    if built:  # an already-built metrics dict: kept as it is (checked before anything reads it)
+        metrics = validate_metrics({"schema_version": SCHEMA_VERSION, **metrics}, paths["metrics"])
+    view = run_view(metrics, name=name, baselines=baselines, others=others, meta=meta)
     out.mkdir(parents=True, exist_ok=True)
-    if isinstance(metrics, Mapping) and not (baselines or others or meta or name):
-        payload = dict(metrics)  # an already-built metrics dict: kept as it is
+    if built:
+        payload = dict(metrics)
     else:
         payload = {
+            "schema_version": SCHEMA_VERSION,
             "name": view.name,
             **view.scores.to_json(),
             "baselines": {k: v.to_json() for k, v in view.baselines.items()},
             "others": {k: v.to_json() for k, v in view.others.items()},
             "meta": view.meta,
         }
-    paths = {"metrics": out / METRICS_FILE, "report": out / REPORT_FILE, "plot": out / PLOT_FILE}
+    validate_metrics(payload, paths["metrics"])
     atomic_write_json(paths["metrics"], payload, ensure_ascii=False)
     atomic_write_text(paths["report"], render_report(view.scores, name=view.name, baselines=view.baselines,
                                                      others=view.others, meta=view.meta,
-                                                     rank_classification=view.rank_classification))
+                                                     rank_classification=view.rank_classification,
+                                                     levels=view.levels, controls=view.controls,
+                                                     primary_setting=view.primary_setting))
     atomic_write_bytes(paths["plot"], plot_categories(view.scores, name=view.name, baselines=view.baselines,
                                                       others=view.others))
     return paths
@@ -264,7 +339,9 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"invalid JSON ({e.msg}, line {e.lineno})", path=path) from None
     if not isinstance(data, dict) or "overall" not in data:
         raise DataError("not an evaluation metrics file: no 'overall' table", path=path, field="overall")
-    return data
+    from mixtune.eval.schema import validate_metrics
+
+    return validate_metrics(data, path)
 
 
 def _labels(dirs: Sequence[str | Path]) -> list[str]:

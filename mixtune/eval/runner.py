@@ -60,10 +60,12 @@ def _read_lines(path: Path) -> Iterable[dict[str, Any]]:
                 yield obj
 
 
-def existing_predictions(out_dir: str | Path, setting: str) -> dict[tuple[str, str], str]:
-    """(task, instance id) -> prediction already made for `setting` in `out_dir` (finished or partial files)."""
+def existing_predictions(out_dir: str | Path, setting: str, *, label: str | None = None) -> dict[tuple[str, str], str]:
+    """(task, instance id) -> prediction already made for `setting` in `out_dir` (finished or partial files;
+    `label` names the partial files when it is not the setting, e.g. "unseen_instance")."""
     out_dir = Path(out_dir)
-    files = [*out_dir.glob("predictions*.jsonl"), *sorted((out_dir / PARTIAL_DIR).glob(f"predictions.{setting}.rank*.jsonl"))]
+    files = [*out_dir.glob("predictions*.jsonl"),
+             *sorted((out_dir / PARTIAL_DIR).glob(f"predictions.{label or setting}.rank*.jsonl"))]
     found: dict[tuple[str, str], str] = {}
     for file in files:
         for obj in _read_lines(file):
@@ -160,112 +162,245 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     on the held-out tasks of `spec`; write predictions, metrics.json and the report into `out_dir`.
     `others` (name -> another run's score tables, e.g. the model before training) go beside it in the report.
 
-    Under several accelerate processes every process generates its share; the main process writes
-    and returns the metrics (the others return {}).
+    Under several accelerate processes every process generates its share; the main process decides what
+    is left to generate and writes the files, and a check failing on any process fails them all with the
+    same error (`mixtune.eval.collective`). The main process returns the metrics, the others {}.
     """
-    from mixtune.eval.evalsets import build_eval_set, label_set, resolve_tasks
-    from mixtune.eval.generation import generate, process_state
-    from mixtune.eval.metrics import compute_scores
-    from mixtune.eval.predictions import task_categories, write_predictions
+    from mixtune.eval.collective import on_every_rank, on_main
+    from mixtune.eval.evalsets import resolve_tasks
+    from mixtune.eval.generation import process_state
+    from mixtune.eval.predictions import task_categories
 
     state = process_state()
     out_dir = Path(out_dir)
-    if isinstance(model, (str, Path)):
-        model_name = str(Path(model).resolve()) if Path(model).exists() else str(model)
+    model_dir = Path(model) if isinstance(model, (str, Path)) else None
+    if model_dir is not None:
+        model_name = str(model_dir.resolve()) if model_dir.exists() else str(model)
     else:
         # an in-memory model (the training callback): name it by its training step when there is one
         model_name = (f"model at step {step}" if step is not None else
                       getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
     model, tokenizer, kind = _load_model(model, tokenizer)
-    collection = collection if collection is not None else _open_collection(spec)
-    tasks = resolve_tasks(collection, spec.split, spec.tasks)
+
+    def setup() -> tuple[Any, list[str], Any]:
+        from mixtune.eval.levels import training_mixture
+
+        opened = collection if collection is not None else _open_collection(spec)
+        return opened, resolve_tasks(opened, spec.split, spec.tasks), training_mixture(model_dir, spec.mixture)
+
+    collection, tasks, mixture = on_every_rank(state, setup)
     categories = task_categories(collection, tasks)
     # what a reused prediction depends on (tasks and instance counts may change: reuse is per instance)
     fingerprint = {**spec.generation_fingerprint(), "model": model_name, "weights": _weights_stamp(model_name)}
 
-    if state.is_main_process:
+    def prepare() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         _check_run_file(out_dir, fingerprint, overwrite)
         if overwrite:
             _clear_outputs(out_dir)
         atomic_write_json(out_dir / "run.json", redact({"fingerprint": fingerprint, "spec": spec.model_dump()}))
-    state.wait_for_everyone()
+
+    on_main(state, prepare)
 
     metrics: dict[str, Any] = {
         "model": model_name, "kind": kind, "step": step, "collection": str(getattr(collection, "path", spec.collection)),
         "split": spec.split, "tasks": tasks, "max_instances_per_task": spec.max_instances_per_task,
-        "primary_setting": spec.settings[0], "settings": {}, "baselines": {}, "rank_classification": {},
+        "primary_setting": spec.settings[0], "settings": {}, "levels": {}, "baselines": {}, "rank_classification": {},
         "rouge_tokenizer": "default", "others": dict(others or {}),
     }
+    run = _Run(state, model, tokenizer, kind, spec, out_dir, collection, categories, progress)
+    primary_records: list[dict[str, Any]] = []
     for number, setting in enumerate(spec.settings):
-        primary = number == 0
-        records = build_eval_set(collection, spec.split, spec.max_instances_per_task, setting, tasks=tasks,
-                                 tokenizer=tokenizer, max_source_length=spec.max_source_length, chat=spec.chat)
-        done = existing_predictions(out_dir, setting)
-        skip = [i for i, r in enumerate(records) if _key(r) in done]
-        writer = _PartialWriter(out_dir / PARTIAL_DIR / f"predictions.{setting}.rank{state.process_index}.jsonl",
+        records = run.build(setting, tasks=tasks)
+        predictions = run.generate(setting, records, predictions_path(out_dir, setting, number == 0).name)
+        if state.is_main_process:
+            metrics["settings"][setting] = run.scores
+            if number == 0:
+                primary_records = predictions
+        if spec.rank_classification:
+            run.rank(setting, records, tasks, metrics)
+
+    if mixture is not None:
+        from mixtune.eval.levels import unseen_instances
+
+        unseen = on_every_rank(state, lambda: unseen_instances(mixture, collection, spec.unseen_instances_per_task))
+        predictions = []
+        if unseen:
+            records = run.build(spec.settings[0], instances=unseen)
+            predictions = run.generate(spec.settings[0], records, "predictions.unseen_instance.jsonl",
+                                       label="unseen_instance")
+        if state.is_main_process:
+            metrics["levels"] = _levels(mixture, collection, tasks, primary_records, predictions)
+            metrics["mixture"] = {"name": mixture.name, "source": mixture.source, "num_tasks": len(mixture.tasks),
+                                  "seed": mixture.seed,
+                                  "unseen_instances_per_task": spec.unseen_instances_per_task}
+
+    def finish() -> dict[str, Any]:
+        _add_controls(metrics, primary_records, categories)
+        if baselines:
+            _add_baselines(metrics, collection, spec, tasks, categories, primary_records)
+        return _write_metrics(metrics, out_dir, report=report)
+
+    written = on_main(state, finish)
+    return written if state.is_main_process else {}
+
+
+class _Run:
+    """One evaluation's shared state: builds a setting's records, generates what is left, writes and scores."""
+
+    def __init__(self, state: Any, model: Any, tokenizer: Any, kind: str, spec: EvalSpec, out_dir: Path,
+                 collection: Any, categories: dict[str, str], progress: bool) -> None:
+        self.state, self.model, self.tokenizer, self.kind, self.spec = state, model, tokenizer, kind, spec
+        self.out_dir, self.collection, self.categories, self.progress = out_dir, collection, categories, progress
+        self.scores: dict[str, Any] = {}
+
+    def build(self, setting: str, **selection: Any) -> list[dict[str, Any]]:
+        """The setting's records, built on every process (a failure on any fails all)."""
+        from mixtune.eval.collective import on_every_rank
+        from mixtune.eval.evalsets import build_eval_set
+
+        spec = self.spec
+        return on_every_rank(self.state, lambda: build_eval_set(
+            self.collection, spec.split, spec.max_instances_per_task, setting, tokenizer=self.tokenizer,
+            max_source_length=spec.max_source_length, chat=spec.chat, seed=spec.seed, max_labels=spec.max_labels,
+            **selection))
+
+    def generate(self, setting: str, records: list[dict[str, Any]], file_name: str,
+                 label: str | None = None) -> list[dict[str, Any]]:
+        """Generate the records' predictions not made yet (the main process decides which), write the
+        predictions file and score it (main process: `self.scores`); returns the predictions (main) or []."""
+        from mixtune.eval.collective import on_main
+        from mixtune.eval.generation import generate
+
+        state, spec, label = self.state, self.spec, label or setting
+        done: dict[tuple[str, str], str] = {}
+
+        def decide() -> list[int]:
+            done.update(existing_predictions(self.out_dir, setting, label=label))
+            return [i for i, r in enumerate(records) if _key(r) in done]
+
+        skip = on_main(state, decide)
+        writer = _PartialWriter(self.out_dir / PARTIAL_DIR / f"predictions.{label}.rank{state.process_index}.jsonl",
                                 records)
         started = time.perf_counter()
         try:
-            texts = generate(model, tokenizer, [r["prompt"] for r in records], batch_size=spec.batch_size,
-                             max_new_tokens=spec.max_new_tokens, kind=kind, skip=skip, on_batch=writer,
-                             progress=progress, desc=f"eval {setting}")
+            texts = generate(self.model, self.tokenizer, [r["prompt"] for r in records], batch_size=spec.batch_size,
+                             max_new_tokens=spec.max_new_tokens, kind=self.kind, skip=skip, on_batch=writer,
+                             progress=self.progress, desc=f"eval {label}")
         finally:
             writer.close()
         seconds = time.perf_counter() - started
-        reused = set(skip)
-        predictions = [{**r, "prediction": done[_key(r)] if i in reused else texts[i]}
-                       for i, r in enumerate(records)]
         state.wait_for_everyone()
-        if state.is_main_process:
-            write_predictions(predictions_path(out_dir, setting, primary), predictions)
-            for file in (out_dir / PARTIAL_DIR).glob(f"predictions.{setting}.rank*.jsonl"):
+
+        def write() -> list[dict[str, Any]]:
+            from mixtune.eval.metrics import compute_scores
+            from mixtune.eval.predictions import write_predictions
+
+            reused = set(skip)
+            predictions = [{**r, "prediction": done[_key(r)] if i in reused else texts[i]}
+                           for i, r in enumerate(records)]
+            write_predictions(self.out_dir / file_name, predictions)
+            for file in (self.out_dir / PARTIAL_DIR).glob(f"predictions.{label}.rank*.jsonl"):
                 file.unlink(missing_ok=True)
-            scores = compute_scores(predictions, categories).to_json()
-            scores["primary"] = _primary(scores)
-            scores["generated"] = len(records) - len(skip)
-            scores["reused"] = len(skip)
-            scores["seconds"] = round(seconds, 3)
-            scores["predictions_file"] = predictions_path(out_dir, setting, primary).name
-            metrics["settings"][setting] = scores
+            scores = compute_scores(predictions, self.categories).to_json()
+            scores.update(primary=_primary(scores), generated=len(records) - len(skip), reused=len(skip),
+                          seconds=round(seconds, 3), predictions_file=file_name)
+            self.scores = scores
+            return predictions
 
-        if spec.rank_classification:
-            from mixtune.eval.rank import rank_classify
+        predictions = on_main(state, write)
+        return predictions if state.is_main_process else []
 
-            labels = {t: lab for t in tasks if (lab := label_set(collection, t, spec.max_labels))}
-            ranked = rank_classify(model, tokenizer, records, labels, batch_size=spec.batch_size, kind=kind)
-            if state.is_main_process and ranked:
-                write_predictions(out_dir / f"rank_classification.{setting}.jsonl", ranked)
-                scores = compute_scores(ranked, categories).to_json()
+    def rank(self, setting: str, records: list[dict[str, Any]], tasks: list[str], metrics: dict[str, Any]) -> None:
+        from mixtune.eval.collective import on_main
+        from mixtune.eval.evalsets import label_set
+        from mixtune.eval.metrics import compute_scores
+        from mixtune.eval.predictions import write_predictions
+        from mixtune.eval.rank import rank_classify
+
+        spec = self.spec
+        labels = {t: lab for t in tasks if (lab := label_set(self.collection, t, spec.max_labels))}
+        ranked = rank_classify(self.model, self.tokenizer, records, labels, batch_size=spec.batch_size, kind=self.kind)
+
+        def write() -> None:
+            if ranked:
+                write_predictions(self.out_dir / f"rank_classification.{setting}.jsonl", ranked)
+                scores = compute_scores(ranked, self.categories).to_json()
                 scores["tasks"] = sorted(labels)
                 metrics["rank_classification"][setting] = scores
 
-    if baselines and state.is_main_process:
-        from mixtune.eval.baselines import BASELINE_METHODS, iter_baseline_records
+        on_main(self.state, write)
 
-        for method in BASELINE_METHODS:
-            records = list(iter_baseline_records(collection, method, split=spec.split,
-                                                 max_instances=spec.max_instances_per_task, tasks=tasks))
-            scores = compute_scores(records, categories).to_json()
-            scores["primary"] = _primary(scores)
-            metrics["baselines"][method] = scores
 
-    if not state.is_main_process:
-        return {}
-    return _write_metrics(metrics, out_dir, report=report)
+def _subset_scores(records: list[dict[str, Any]], tasks: Iterable[str], categories: Mapping[str, str]) -> dict:
+    """overall {exact_match, rougeL} and instance count of the records of `tasks` (None scores when empty)."""
+    from mixtune.eval.metrics import compute_scores
+
+    chosen = set(tasks)
+    subset = [r for r in records if r["Task"] in chosen]
+    if not subset:
+        return {"num_instances": 0, "exact_match": None, "rougeL": None}
+    overall = compute_scores(subset, categories).overall
+    return {"num_instances": len(subset), **overall}
+
+
+def _levels(mixture: Any, collection: Any, tasks: list[str], primary: list[dict[str, Any]],
+            unseen: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json "levels": the primary setting's scores at each generalisation level."""
+    from mixtune.eval.levels import level_tasks
+
+    out = {}
+    for level, names in level_tasks(mixture, collection, tasks).items():
+        out[level] = {"tasks": names, **_subset_scores(primary, names, {})}
+    names = sorted({r["Task"] for r in unseen})
+    out["unseen_instance"] = {"tasks": names, **_subset_scores(unseen, names, {})}
+    return out
+
+
+def _add_controls(metrics: dict[str, Any], primary: list[dict[str, Any]], categories: Mapping[str, str]) -> None:
+    """Each control setting's description, tasks, and the primary setting's scores on those same tasks."""
+    from mixtune.eval.controls import CONTROL_SETTINGS
+
+    for setting, scores in metrics["settings"].items():
+        if setting in CONTROL_SETTINGS and setting != metrics["primary_setting"]:
+            covered = sorted(scores["per_task"])
+            scores["control"] = {"changes": CONTROL_SETTINGS[setting][1], "shape": CONTROL_SETTINGS[setting][0],
+                                 "tasks": covered, "primary_on_same_tasks": _subset_scores(primary, covered, categories)}
+
+
+def _add_baselines(metrics: dict[str, Any], collection: Any, spec: EvalSpec, tasks: list[str],
+                   categories: Mapping[str, str], primary: list[dict[str, Any]]) -> None:
+    from mixtune.eval.baselines import BASELINE_METHODS, RANDOM_LABEL_TEXT, iter_baseline_records
+    from mixtune.eval.metrics import compute_scores
+
+    for method in BASELINE_METHODS:
+        records = list(iter_baseline_records(collection, method, split=spec.split,
+                                             max_instances=spec.max_instances_per_task, tasks=tasks, seed=spec.seed,
+                                             max_labels=spec.max_labels))
+        scores = compute_scores(records, categories).to_json()
+        scores["primary"] = _primary(scores)
+        if method == "random_label":
+            scores["control"] = {"changes": RANDOM_LABEL_TEXT, "shape": None, "tasks": sorted(scores["per_task"]),
+                                 "primary_on_same_tasks": _subset_scores(primary, scores["per_task"], categories)}
+        metrics["baselines"][method] = scores
 
 
 def _write_metrics(metrics: dict[str, Any], out_dir: Path, *, report: bool) -> dict[str, Any]:
     """metrics.json plus report.md / categories.png (mixtune.eval.report.write_report).
 
-    metrics.json holds the primary setting's tables at the top level (`overall`, `per_category`,
-    `per_task`, ...: what `eval compare` and `Scores.from_json` read), and every setting's under
-    `settings`, the baselines under `baselines`, rank classification under `rank_classification`.
+    metrics.json (`mixtune.eval.schema.EvalMetrics`) holds the primary setting's tables at the top level
+    (`overall`, `per_category`, `per_task`, ...: what `eval compare` and `Scores.from_json` read), every
+    setting's under `settings`, the generalisation levels under `levels`, the baselines under `baselines`,
+    rank classification under `rank_classification`.
     """
+    from mixtune.eval.schema import SCHEMA_VERSION, validate_metrics
+
     setting = metrics["primary_setting"]
     first = metrics["settings"][setting]
     name = f"{Path(str(metrics['model'])).name or metrics['model']} [{setting}]"
-    payload = redact({"name": name, **first, **metrics})  # paths and settings could carry a token
+    # paths and settings could carry a token
+    payload = redact({"schema_version": SCHEMA_VERSION, "name": name, **first, **metrics})
+    validate_metrics(payload, out_dir / "metrics.json")
     if report:
         from mixtune.eval.report import write_report
 

@@ -6,7 +6,11 @@ type: superni
 split: default               # held-out tasks: the split's test_tasks.txt
 tasks: [task1*, task202_*]   # optional: explicit names or globs (default: every held-out test task)
 max_instances_per_task: 100  # first N instances in file order, as the official evaluation
-settings: [def_pos2]         # zero_shot | def_pos2 | pos2 | ... (mixtune.encodings.SETTINGS)
+settings: [def_pos2]         # zero_shot | def_pos2 | pos2 | ... (mixtune.encodings.SETTINGS), or a control:
+                             #   shuffled_definition | delusive_pos2 | output_space_only (mixtune.eval.controls)
+mixture: null                # training mixture for the generalisation levels (default: the model's mixtune_run.json)
+unseen_instances_per_task: 20
+seed: 0                      # seed of the controls and the random_label baseline
 max_new_tokens: 128
 batch_size: 16
 ```
@@ -46,7 +50,17 @@ class EvalSpec(StrictModel):
         default_factory=lambda: ["def_pos2"], min_length=1,
         description="Instruction encodings to evaluate, each a mixtune.encodings.SETTINGS name: zero_shot "
         "(definition only), def_pos2 (definition + 2 positive examples, as the paper reports), pos2 "
-        "(2 positive examples only), ... The first is the primary setting (predictions.jsonl).")
+        "(2 positive examples only), ...; or an instruction-sensitivity control (mixtune.eval.controls): "
+        "shuffled_definition, delusive_pos2, output_space_only. The first is the primary setting "
+        "(predictions.jsonl).")
+    mixture: str | None = Field(
+        None, description="The training mixture, for the generalisation levels (unseen category / task / "
+        "instance): a mixture YAML, or a mixtune_run.json (or the folder holding it). Default: the evaluated "
+        "model folder's mixtune_run.json, which mixtune writes when it trains a model; none, no levels.")
+    unseen_instances_per_task: int = Field(
+        20, ge=0, description="Level unseen_instance: evaluate this many instances of each training task that lie "
+        "outside the mixture's capped pool (the first ones in file order); 0 leaves the level out.")
+    seed: int = Field(0, description="Seed of the controls' shuffles and of the random_label baseline.")
     chat: bool = Field(False, description="Render prompts through the tokenizer's chat template (chat models).")
     max_source_length: int | None = Field(
         1024, ge=8, description="Prompt budget in tokens: demonstrations that do not fit are dropped, then the "
@@ -72,12 +86,16 @@ class EvalSpec(StrictModel):
     @classmethod
     def _known_settings(cls, value: list[str]) -> list[str]:
         from mixtune.encodings import SETTINGS, encoding_for_setting
+        from mixtune.eval.controls import CONTROL_SETTINGS
 
         for i, name in enumerate(value):
+            if name in CONTROL_SETTINGS:
+                continue
             try:
                 encoding_for_setting(name)
             except ConfigError:
-                hint = suggest(name, SETTINGS) or f"known settings: {', '.join(SETTINGS)}"
+                known = [*SETTINGS, *CONTROL_SETTINGS]
+                hint = suggest(name, known) or f"known settings: {', '.join(known)}"
                 raise ValueError(f"unknown setting {name!r} at position {i} ({hint})") from None
         if len(set(value)) != len(value):
             raise ValueError("a setting is listed twice")
@@ -94,7 +112,7 @@ class EvalSpec(StrictModel):
     def generation_fingerprint(self) -> dict[str, Any]:
         """The fields that change predictions (a resumed run must agree on them)."""
         return self.model_dump(include={"collection", "type", "split", "chat", "max_source_length",
-                                        "max_new_tokens"})
+                                        "max_new_tokens", "seed", "max_labels"})
 
 
 def load_eval_spec(path: str | Path | dict[str, Any], overrides: Iterable[str] = ()) -> EvalSpec:
@@ -114,11 +132,16 @@ def load_eval_spec(path: str | Path | dict[str, Any], overrides: Iterable[str] =
 
 
 def resolve_paths(spec: EvalSpec, base: Path | None) -> EvalSpec:
-    """A relative `collection` path that exists next to the YAML file (`base`) is made absolute, as
-    mixture files do; 'bundled', hub names and absolute paths stay as they are."""
-    if base is None or spec.collection == "bundled" or Path(spec.collection).is_absolute():
+    """A relative `collection` (or `mixture`) path that exists next to the YAML file (`base`) is made
+    absolute, as mixture files do; 'bundled', hub names and absolute paths stay as they are."""
+    if base is None:
         return spec
-    candidate = base / Path(spec.collection).expanduser()
-    if candidate.exists():
-        spec.collection = str(candidate.resolve())
+    if spec.collection != "bundled" and not Path(spec.collection).is_absolute():
+        candidate = base / Path(spec.collection).expanduser()
+        if candidate.exists():
+            spec.collection = str(candidate.resolve())
+    if spec.mixture is not None and not Path(spec.mixture).expanduser().is_absolute():
+        candidate = base / Path(spec.mixture).expanduser()
+        if candidate.exists():
+            spec.mixture = str(candidate.resolve())
     return spec
