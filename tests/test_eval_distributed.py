@@ -77,6 +77,121 @@ def test_two_process_evaluation_equals_single_process(tiny_llama_dir, tmp_path):
         assert json.loads((multi_dir / f"generate.rank{rank}.json").read_text()) == expected
 
 
+KILLED_WORKER = textwrap.dedent("""
+    import json, os, signal, sys
+    from mixtune.eval import runner
+    from mixtune.eval.generation import process_state
+    from mixtune.eval.spec import EvalSpec
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    model_dir, out_dir, spec_json = sys.argv[1:4]
+    state = process_state()
+    written = runner._PartialWriter.__call__
+
+    def write_then_die(self, indices, texts):  # each rank is killed once its first batch is written
+        written(self, indices, texts)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    runner._PartialWriter.__call__ = write_then_die
+    model, tokenizer, kind = load_model_and_tokenizer(ModelConfig(name_or_path=model_dir))
+    runner.run_eval(model, EvalSpec(**json.loads(spec_json)), out_dir, tokenizer=tokenizer, baselines=False,
+                    progress=False)
+""")
+
+
+def _launch(script: Path, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.integration
+def test_two_process_evaluation_killed_and_resumed_equals_one_process(tiny_llama_dir, tmp_path):
+    """Both ranks SIGKILLed mid-run; a two-process rerun (the main process decides what is left and
+    broadcasts it) finishes with exactly the one-process predictions."""
+    from mixtune.eval.runner import PARTIAL_DIR
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    spec = {**SPEC, "max_instances_per_task": 5}  # 15 prompts
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(name_or_path=str(tiny_llama_dir)))
+    single = run_eval(model, EvalSpec(**spec), tmp_path / "single", tokenizer=tokenizer, baselines=False,
+                      progress=False)
+    out = tmp_path / "multi"
+    (tmp_path / "killed.py").write_text(KILLED_WORKER)
+    killed = _launch(tmp_path / "killed.py", str(tiny_llama_dir), str(out), json.dumps(spec))
+    assert killed.returncode != 0
+    partial = {p.name: len(p.read_text().splitlines()) for p in (out / PARTIAL_DIR).glob("*.jsonl")}
+    assert partial == {"predictions.zero_shot.rank0.jsonl": 2, "predictions.zero_shot.rank1.jsonl": 2}
+    assert not (out / "predictions.jsonl").exists()
+
+    # a slow reader on rank 1 (its file system lags): a rank that read the folder itself would see rank 0's
+    # new lines and skip other prompts than rank 0 -- the main process's decision is the only one used
+    slow_rank1 = WORKER.replace("state = process_state()\n", textwrap.dedent("""\
+        state = process_state()
+        import time
+        from mixtune.eval import runner
+        if state.process_index == 1:
+            reader = runner.existing_predictions
+            runner.existing_predictions = lambda *a, **k: (time.sleep(4), reader(*a, **k))[1]
+        """))
+    assert slow_rank1 != WORKER
+    (tmp_path / "worker.py").write_text(slow_rank1)
+    prompts = ["Input: x.\nOutput: "]
+    resumed = _launch(tmp_path / "worker.py", str(tiny_llama_dir), str(out), json.dumps(spec), json.dumps(prompts))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    def lines(path: Path) -> list[dict]:
+        return [json.loads(x) for x in path.read_text().splitlines()]
+
+    assert lines(out / "predictions.jsonl") == lines(tmp_path / "single" / "predictions.jsonl")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["settings"]["zero_shot"]["reused"], metrics["settings"]["zero_shot"]["generated"]) == (4, 11)
+    assert metrics["per_task"] == single["per_task"]
+    assert not (out / PARTIAL_DIR).exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_failure_on_the_main_process_ends_both_ranks_with_one_error(tiny_llama_dir, tmp_path):
+    """The output folder holds another evaluation: the check fails on the main process only. Two ranks
+    started as a cluster scheduler starts them (no launcher that kills the survivors): both stop with the
+    same error, printed once, and no rank is left waiting at a barrier."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"fingerprint": {"max_new_tokens": 999}}))
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": port, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "2"}
+        cmd = [sys.executable, "-m", "mixtune", "eval", "run", str(tiny_llama_dir), "--out", str(out), "--tasks",
+               "task199_mnli_classification", "--max-instances", "2", "--max-new-tokens", "2", "--no-baselines"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    try:
+        for proc in procs:
+            results.append(proc.communicate(timeout=150))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert [p.returncode for p in procs] == [2, 2], [err[-2000:] for _, err in results]
+    errors = [x for _, err in results for x in err.splitlines() if x.startswith("mixtune: error:")]
+    assert len(errors) == 1 and "holds predictions of a different evaluation" in errors[0], results
+    assert "--overwrite" in errors[0]
+
+
 ZERO3_WORKER = textwrap.dedent("""
     import json, sys
     import deepspeed
