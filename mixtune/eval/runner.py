@@ -6,6 +6,8 @@ Output folder (`out_dir`):
   (one JSON per line: Task, Categories, Definition, Instance {id, input, output: [all references]},
   setting, prompt, prediction); every further setting goes to `predictions.<setting>.jsonl`. One
   file per setting keeps each file scoreable by the official script and `mixtune eval score`.
+- `predictions.unseen_instance.jsonl` (when the training mixture is known): the primary setting on
+  instances of the training tasks outside the mixture's pools (generalisation level 3, `eval.levels`).
 - `rank_classification.<setting>.jsonl` (with `rank_classification: true`): label-ranking predictions.
 - `metrics.json`, `report.md`, `categories.png` (the report writer of `mixtune.eval.report`).
 - `run.json`: what produced the predictions (model folder, its weight files, the spec's prompt and
@@ -14,7 +16,8 @@ Output folder (`out_dir`):
 Resumable: while generating, each process appends finished predictions to
 `partial/predictions.<setting>.rank<r>.jsonl`; a rerun into the same folder reuses every prediction
 found there or in a finished predictions file (by task and instance id) and generates only the
-rest. Finished files are written atomically and the partial files removed.
+rest; under several processes the main process reads the folder and decides (`eval.collective`).
+Finished files are written atomically and the partial files removed.
 """
 
 from __future__ import annotations
