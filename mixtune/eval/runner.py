@@ -295,13 +295,15 @@ class _Run:
         seconds = time.perf_counter() - started
         state.wait_for_everyone()
 
-        def write() -> list[dict[str, Any]]:
+        predictions: list[dict[str, Any]] = []
+
+        def write() -> None:  # returns nothing: the predictions stay on the main process, not broadcast
             from mixtune.eval.metrics import compute_scores
             from mixtune.eval.predictions import write_predictions
 
             reused = set(skip)
-            predictions = [{**r, "prediction": done[_key(r)] if i in reused else texts[i]}
-                           for i, r in enumerate(records)]
+            predictions.extend({**r, "prediction": done[_key(r)] if i in reused else texts[i]}
+                               for i, r in enumerate(records))
             write_predictions(self.out_dir / file_name, predictions)
             for file in (self.out_dir / PARTIAL_DIR).glob(f"predictions.{label}.rank*.jsonl"):
                 file.unlink(missing_ok=True)
@@ -309,10 +311,9 @@ class _Run:
             scores.update(primary=_primary(scores), generated=len(records) - len(skip), reused=len(skip),
                           seconds=round(seconds, 3), predictions_file=file_name)
             self.scores = scores
-            return predictions
 
-        predictions = on_main(state, write)
-        return predictions if state.is_main_process else []
+        on_main(state, write)
+        return predictions
 
     def rank(self, setting: str, records: list[dict[str, Any]], tasks: list[str], metrics: dict[str, Any]) -> None:
         from mixtune.eval.collective import on_main
