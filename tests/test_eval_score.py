@@ -347,7 +347,7 @@ def test_eval_run_flags_become_spec_overrides(tmp_path) -> None:
         "eval", "run", str(tmp_path), "--out", str(tmp_path / "out"), "--collection", "bundled",
         "--tasks", "task199_*,task1390_wscfixed_coreference", "--settings", "zero_shot,def_pos2",
         "--max-instances", "7", "--batch-size", "4", "--max-new-tokens", "9", "--chat",
-        "--set", "max_new_tokens=1", "--set", "split=default",
+        "--set", "max_new_tokens=1", "--set", "split=default", "--mixture", "mix.yaml",
     ])
     spec = load_eval_spec({}, spec_overrides(args))
     assert spec.collection == "bundled" and spec.split == "default" and spec.chat is True
@@ -355,6 +355,7 @@ def test_eval_run_flags_become_spec_overrides(tmp_path) -> None:
     assert spec.settings == ["zero_shot", "def_pos2"]
     assert (spec.max_instances_per_task, spec.batch_size, spec.max_new_tokens) == (7, 4, 9)
     assert spec.rank_classification is False  # not given: the spec's default stays
+    assert spec.mixture == str(Path("mix.yaml").resolve())
 
 
 def test_multilingual_tokenizer_from_the_cli(tmp_path, capsys) -> None:
