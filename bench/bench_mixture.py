@@ -6,16 +6,20 @@ peak RSS is its own:
 
   (a) index     first `open_collection` on a cold cache (parse every task file once into Arrow)
   (b) reopen    `open_collection` again with the warm cache
-  (c) build     `load_mixture` + `plan_mixture` + `build_mixture`: 100,000 examples of the default split's
-                train tasks, cap 500, temperature 2, Tk-Instruct definition + 2 positive examples
-  baseline      json-load every train task, take the same capped pools, one `datasets.Dataset` per task,
-                `datasets.interleave_datasets` with the same probabilities and seed, the same prompt
-                formatting, `save_to_disk`; twice: map-style (`all_exhausted`, then the first 100,000) and
-                iterable (`.take(100_000)`)
+  (c) build     `load_mixture` + `plan_mixture` + `build_mixture`: N examples of the default split's
+                train tasks, cap 500, temperature 2, Tk-Instruct definition + 2 positive examples; one
+                child per N of `--examples` (peak RSS of each build on its own)
+  floor         the physical limit: pyarrow writes the same record batches (the built shards, memory-
+                mapped) to new Arrow files, nothing else; the build is reported as a multiple of it
+  baseline      (N <= --baseline-max) json-load every train task, take the same capped pools, one
+                `datasets.Dataset` per task, `datasets.interleave_datasets` with the same probabilities
+                and seed, the same prompt formatting, `save_to_disk`: map-style (`all_exhausted`, then
+                the first N); with --iterable-baseline also iterable (`.take(N)`, ~10 minutes at 100k)
 
-Times are measured inside the child (interpreter start-up and imports excluded).
+Times are measured inside the child (interpreter start-up and imports excluded). The load average is
+printed before and after: the machine may be shared.
 
-    python bench/bench_mixture.py [--work /tmp/mixtune-bench] [--tasks 1600] [--instances 800000]
+    python bench/bench_mixture.py [--work /tmp/mixtune-bench] [--examples 100000,1000000,5000000]
 """
 
 from __future__ import annotations
@@ -73,8 +77,26 @@ def phase_build(args: argparse.Namespace) -> dict:
     end = time.perf_counter()
     json_path = Path(args.out) / "plan_rates.json"
     json_path.write_text(json.dumps({"tasks": [[t.name, t.rate, t.pool.tolist()] for t in plan.tasks]}))
+    shards = sorted(Path(args.out).glob("data-*.arrow"))
     return {"wall_s": end - start, "plan_s": planned - start, "write_s": end - planned, "examples": len(plan),
-            "tasks": len(plan.tasks)}
+            "tasks": len(plan.tasks), "shards": len(shards), "bytes": sum(f.stat().st_size for f in shards)}
+
+
+def phase_floor(args: argparse.Namespace) -> dict:
+    """pyarrow alone: write the built shards' record batches (memory-mapped) to new Arrow stream files."""
+    import pyarrow as pa
+
+    shards = sorted(Path(args.plan_out).glob("data-*.arrow"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for shard in shards:
+        with pa.memory_map(str(shard)) as source, pa.OSFile(str(Path(args.out) / shard.name), "wb") as sink:
+            reader = pa.ipc.open_stream(source)
+            with pa.ipc.new_stream(sink, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "bytes": sum(f.stat().st_size for f in Path(args.out).glob("data-*.arrow"))}
 
 
 def phase_baseline(args: argparse.Namespace) -> dict:
@@ -122,8 +144,8 @@ def phase_baseline(args: argparse.Namespace) -> dict:
     return {"wall_s": end - start, "load_s": loaded - start, "examples": len(records)}
 
 
-PHASES = {"index": phase_index, "reopen": phase_index, "build": phase_build, "baseline": phase_baseline,
-          "baseline_map": phase_baseline}
+PHASES = {"index": phase_index, "reopen": phase_index, "build": phase_build, "floor": phase_floor,
+          "baseline": phase_baseline, "baseline_map": phase_baseline}
 
 
 def run_child(phase: str, **kwargs: str) -> dict:
@@ -137,15 +159,24 @@ def run_child(phase: str, **kwargs: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/mixtune-bench"))
     parser.add_argument("--tasks", type=int, default=1600)
     parser.add_argument("--instances", type=int, default=800_000)
-    parser.add_argument("--examples", type=int, default=100_000)
+    parser.add_argument("--examples", default="100000",
+                        help="comma-separated mixture sizes, one build (and floor) each, e.g. 100000,1000000")
+    parser.add_argument("--baseline-max", type=int, default=100_000,
+                        help="run the interleave_datasets baseline for sizes up to this")
     parser.add_argument("--cap", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--iterable-baseline", action="store_true",
+                        help="also run the iterable interleave_datasets baseline (slow: ~10 min at 100k)")
     # child-process arguments
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -156,6 +187,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.phase:
+        args.examples = int(args.examples)
         result = PHASES[args.phase](args)
         result["peak_rss_mb"] = _peak_rss_mb()
         print(json.dumps(result))
@@ -164,6 +196,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from synthetic_superni import write_synthetic_collection
 
+    sizes = [int(x) for x in args.examples.split(",")]
     work = args.work
     root = work / f"superni-{args.tasks}-{args.instances}"
     if not (root / "splits" / "default" / "train_tasks.txt").exists():
@@ -175,43 +208,56 @@ def main() -> None:
     size_gb = sum(f.stat().st_size for f in files) / 1e9
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    mixture = work / "bench.yaml"
-    mixture.write_text(MIXTURE.format(examples=args.examples, temperature=args.temperature, cap=args.cap, root=root))
-    out, base_out = work / "built", work / "baseline"
-    for folder in (out, base_out):
-        shutil.rmtree(folder, ignore_errors=True)
-
-    results = {
+    load_before = _load()
+    results: dict[str, dict] = {
         "index": run_child("index", root=root, cache=cache),
         "reopen": run_child("reopen", root=root, cache=cache),
-        "build": run_child("build", root=root, cache=cache, mixture=mixture, out=out),
     }
-    if not args.skip_baseline:
-        for phase in ("baseline_map", "baseline"):
+    labels = {"index": "(a) first indexing", "reopen": "(b) warm re-open"}
+    for n in sizes:
+        mixture = work / f"bench-{n}.yaml"
+        mixture.write_text(MIXTURE.format(examples=n, temperature=args.temperature, cap=args.cap, root=root))
+        out, floor_out, base_out = work / "built", work / "floor", work / "baseline"
+        for folder in (out, floor_out, base_out):
+            shutil.rmtree(folder, ignore_errors=True)
+        results[f"build_{n}"] = run_child("build", root=root, cache=cache, mixture=mixture, out=out)
+        labels[f"build_{n}"] = f"(c) build {n:,}"
+        results[f"floor_{n}"] = run_child("floor", plan_out=out, out=floor_out)
+        labels[f"floor_{n}"] = f"    pyarrow write floor {n:,}"
+        shutil.rmtree(floor_out, ignore_errors=True)
+        if not args.skip_baseline and n <= args.baseline_max:
+            for phase in ("baseline_map", "baseline") if args.iterable_baseline else ("baseline_map",):
+                shutil.rmtree(base_out, ignore_errors=True)
+                results[f"{phase}_{n}"] = run_child(phase, root=root, out=base_out, plan_out=out, examples=n)
+                labels[f"{phase}_{n}"] = (f"    baseline {n:,}, " +
+                                          ("map-style interleave" if phase == "baseline_map" else "iterable"))
             shutil.rmtree(base_out, ignore_errors=True)
-            results[phase] = run_child(phase, root=root, out=base_out, plan_out=out, examples=args.examples)
+        shutil.rmtree(out, ignore_errors=True)
+    load_after = _load()
 
+    first = results[f"build_{sizes[0]}"]
     print(f"\ncollection: {len(files)} task files, {args.instances:,} instances requested, {size_gb:.2f} GB of JSON; "
-          f"mixture: {results['build']['tasks']} train tasks, cap {args.cap}, temperature {args.temperature}, "
-          f"{args.examples:,} examples; {os.cpu_count()} CPU cores")
-    print(f"{'phase':<34}{'wall (s)':>10}{'peak RSS (MB)':>15}")
-    labels = {"index": "(a) first indexing", "reopen": "(b) warm re-open",
-              "build": "(c) build mixture (plan + write)",
-              "baseline_map": "baseline, map-style interleave", "baseline": "baseline, iterable interleave"}
+          f"mixture: {first['tasks']} train tasks, cap {args.cap}, temperature {args.temperature}; "
+          f"{os.cpu_count()} CPU cores; load average (1/5/15 min) before {load_before}, after {load_after}")
+    print(f"{'phase':<42}{'wall (s)':>10}{'peak RSS (MB)':>15}")
     for key, r in results.items():
-        print(f"{labels[key]:<34}{r['wall_s']:>10.2f}{r['peak_rss_mb']:>15.0f}")
-    b = results["build"]
-    print(f"  (c) split: plan {b['plan_s']:.2f} s, format + write {b['write_s']:.2f} s")
-    for key in ("baseline_map", "baseline"):
-        if key not in results:
-            continue
-        base = results[key]
-        print(f"  {labels[key]}: json-load + per-task datasets {base['load_s']:.2f} s, "
-              f"interleave + format + write {base['wall_s'] - base['load_s']:.2f} s")
-        print(f"    build speed-up: {base['wall_s'] / b['wall_s']:.1f}x (with first indexing: "
-              f"{base['wall_s'] / (b['wall_s'] + results['index']['wall_s']):.1f}x); "
-              f"peak RSS ratio: {base['peak_rss_mb'] / b['peak_rss_mb']:.1f}x")
-    print(json.dumps(results))
+        print(f"{labels[key]:<42}{r['wall_s']:>10.2f}{r['peak_rss_mb']:>15.0f}")
+    for n in sizes:
+        b, floor = results[f"build_{n}"], results[f"floor_{n}"]
+        print(f"build {n:,}: plan {b['plan_s']:.2f} s, format + write {b['write_s']:.2f} s, "
+              f"{b['bytes'] / 1e9:.2f} GB in {b['shards']} shard(s), peak RSS {b['peak_rss_mb']:.0f} MB")
+        print(f"  vs pyarrow write floor ({floor['wall_s']:.2f} s): format + write {b['write_s'] / floor['wall_s']:.2f}x, "
+              f"plan + format + write {b['wall_s'] / floor['wall_s']:.2f}x")
+        for phase in ("baseline_map", "baseline"):
+            base = results.get(f"{phase}_{n}")
+            if base is None:
+                continue
+            print(f"  {labels[f'{phase}_{n}'].strip()}: json-load + per-task datasets {base['load_s']:.2f} s, "
+                  f"interleave + format + write {base['wall_s'] - base['load_s']:.2f} s")
+            print(f"    build speed-up: {base['wall_s'] / b['wall_s']:.1f}x (with first indexing: "
+                  f"{base['wall_s'] / (b['wall_s'] + results['index']['wall_s']):.1f}x); "
+                  f"peak RSS ratio: {base['peak_rss_mb'] / b['peak_rss_mb']:.1f}x")
+    print(json.dumps({"load_before": load_before, "load_after": load_after, **results}))
 
 
 if __name__ == "__main__":

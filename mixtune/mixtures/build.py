@@ -4,8 +4,9 @@ reproducibly, in bounded memory.
 The folder is what `Dataset.save_to_disk` writes (`datasets.load_from_disk` reads it): Arrow stream shards
 `data-NNNNN-of-MMMMM.arrow` of record batches of DATASETS_BATCH_ROWS rows, `state.json` and
 `dataset_info.json`. Examples are formatted and written a chunk at a time, so memory does not grow with the
-number of examples; a new shard starts once one holds SHARD_BYTES. Below SHARD_BYTES (one shard) the files
-are byte for byte those `save_to_disk` writes for the same rows.
+number of examples; a new shard starts once one holds SHARD_BYTES (`_batch_bytes`). With one shard the
+files are byte for byte those `save_to_disk` writes for the same rows (it splits larger datasets evenly,
+which needs their size before writing; here the last shard is the smaller one).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mixtune.io import atomic_directory, atomic_write_json, remove_stale_siblings
 from mixtune.mixtures.plan import EXAMPLE_SCHEMA, MixturePlan
@@ -26,8 +29,11 @@ MANIFEST = "mixture_manifest.json"
 DATASETS_BATCH_ROWS = 1000
 #: A shard is closed once it holds this many bytes of Arrow data (`save_to_disk`'s default max_shard_size).
 SHARD_BYTES = 500 * 10**6
-#: Examples formatted at a time (a multiple of DATASETS_BATCH_ROWS); bounds the build's working memory.
-CHUNK_ROWS = 8 * DATASETS_BATCH_ROWS
+#: Output bytes formatted at a time (bounds the build's working memory) and the most examples at a time.
+CHUNK_BYTES = 48 * 2**20
+MAX_CHUNK_ROWS = 64 * DATASETS_BATCH_ROWS
+#: The columns whose bytes count towards a shard's size.
+SIZED_COLUMNS = ("prompt", "completion", "task", "category", "source", "instance_id")
 
 
 def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = None,
@@ -41,10 +47,11 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
     """
     out_dir = Path(out_dir)
     remove_stale_siblings(out_dir)
+    fmt = {"tokenizer": tokenizer, "max_source_length": max_source_length}
     with atomic_directory(out_dir) as tmp:
-        tables = plan.iter_tables(tokenizer=tokenizer, max_source_length=max_source_length,
-                                  batch_size=CHUNK_ROWS)
-        shards = _write_shards(_rebatched(tables), tmp, shard_bytes)
+        sample = next(plan.iter_tables(0, DATASETS_BATCH_ROWS, batch_size=DATASETS_BATCH_ROWS, **fmt), None)
+        rows = _chunk_rows(sample)
+        shards = _write_shards(_rebatched(plan.iter_tables(batch_size=rows, **fmt)), tmp, shard_bytes)
         names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
         for shard, name in zip(shards, names, strict=True):
             os.replace(shard, tmp / name)
@@ -55,9 +62,17 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
     return out_dir
 
 
+def _chunk_rows(sample: pa.Table | None) -> int:
+    """Examples to format at a time: about CHUNK_BYTES of output (by the sample's size per example), a
+    multiple of DATASETS_BATCH_ROWS. The files do not depend on it, only time and memory do."""
+    per_row = sample.nbytes / len(sample) if sample is not None and len(sample) else 1
+    rows = int(CHUNK_BYTES / per_row) // DATASETS_BATCH_ROWS * DATASETS_BATCH_ROWS
+    return min(max(rows, DATASETS_BATCH_ROWS), MAX_CHUNK_ROWS)
+
+
 def _rebatched(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
     """The same rows in tables of a multiple of DATASETS_BATCH_ROWS rows (the last one excepted), so record
-    batches fall where `save_to_disk` puts them even when a plan yields uneven chunks."""
+    batches fall where `save_to_disk` puts them whatever the sizes of the tables a plan yields."""
     pending: pa.Table | None = None
     for table in tables:
         pending = table if pending is None else pa.concat_tables([pending, table])
@@ -69,8 +84,18 @@ def _rebatched(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
         yield pending
 
 
+def _batch_bytes(table: pa.Table) -> np.ndarray:
+    """Bytes of each DATASETS_BATCH_ROWS-row batch of `table`, counted from its values (string bytes of the
+    text columns plus 8 per position), so that shard boundaries depend on the examples only."""
+    per_row = np.full(len(table), 8, dtype=np.int64)
+    for name in SIZED_COLUMNS:
+        per_row += pc.binary_length(table.column(name)).to_numpy().astype(np.int64)
+    return np.add.reduceat(per_row, np.arange(0, len(table), DATASETS_BATCH_ROWS)) if len(table) else per_row
+
+
 def _write_shards(tables: Iterator[pa.Table], folder: Path, shard_bytes: int) -> list[Path]:
-    """Write the tables into shard files of about `shard_bytes`, with `datasets`' ArrowWriter (as `save_to_disk`)."""
+    """Write the tables into shard files with `datasets`' ArrowWriter (as `save_to_disk`), a new shard after
+    the record batch at which the current one reaches `shard_bytes` (see `_batch_bytes`)."""
     from datasets import Features
     from datasets.arrow_writer import ArrowWriter
 
@@ -86,13 +111,20 @@ def _write_shards(tables: Iterator[pa.Table], folder: Path, shard_bytes: int) ->
 
     try:
         for table in tables:  # each a multiple of DATASETS_BATCH_ROWS rows but the last
-            if writer is None:
-                writer, size = open_shard(), 0
-            writer.write_table(table)
-            size += table.nbytes
-            if size >= shard_bytes:
-                writer.finalize()
-                writer = None
+            sizes = _batch_bytes(table)
+            first = 0  # batches of `table` before `first` are written
+            while first < len(sizes):
+                if writer is None:
+                    writer, size = open_shard(), 0
+                filled = np.flatnonzero(size + np.cumsum(sizes[first:]) >= shard_bytes)
+                last = first + int(filled[0]) + 1 if len(filled) else len(sizes)
+                writer.write_table(table.slice(first * DATASETS_BATCH_ROWS,
+                                               (last - first) * DATASETS_BATCH_ROWS))
+                size += int(sizes[first:last].sum())
+                first = last
+                if size >= shard_bytes:
+                    writer.finalize()
+                    writer = None
         if not shards:  # an empty mixture: one empty shard, as save_to_disk writes
             writer = open_shard()
         if writer is not None:
