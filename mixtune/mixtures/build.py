@@ -29,9 +29,10 @@ MANIFEST = "mixture_manifest.json"
 DATASETS_BATCH_ROWS = 1000
 #: A shard is closed once it holds this many bytes of Arrow data (`save_to_disk`'s default max_shard_size).
 SHARD_BYTES = 500 * 10**6
-#: Output bytes formatted at a time (bounds the build's working memory) and the most examples at a time.
-CHUNK_BYTES = 48 * 2**20
-MAX_CHUNK_ROWS = 64 * DATASETS_BATCH_ROWS
+#: Examples formatted at a time: the staging batch size of the pre-streaming build (see `_rebatched`).
+STAGING_ROWS = 16384
+#: Fewer examples at a time when STAGING_ROWS of them would be more bytes than this (bounds the memory).
+MAX_CHUNK_BYTES = 256 * 2**20
 #: The columns whose bytes count towards a shard's size.
 SIZED_COLUMNS = ("prompt", "completion", "task", "category", "source", "instance_id")
 
@@ -63,25 +64,48 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
 
 
 def _chunk_rows(sample: pa.Table | None) -> int:
-    """Examples to format at a time: about CHUNK_BYTES of output (by the sample's size per example), a
-    multiple of DATASETS_BATCH_ROWS. The files do not depend on it, only time and memory do."""
+    """Examples to format at a time: STAGING_ROWS, fewer when that would exceed MAX_CHUNK_BYTES of output
+    (by the sample's size per example; then a multiple of DATASETS_BATCH_ROWS)."""
     per_row = sample.nbytes / len(sample) if sample is not None and len(sample) else 1
-    rows = int(CHUNK_BYTES / per_row) // DATASETS_BATCH_ROWS * DATASETS_BATCH_ROWS
-    return min(max(rows, DATASETS_BATCH_ROWS), MAX_CHUNK_ROWS)
+    if per_row * STAGING_ROWS <= MAX_CHUNK_BYTES:
+        return STAGING_ROWS
+    return max(int(MAX_CHUNK_BYTES / per_row) // DATASETS_BATCH_ROWS, 1) * DATASETS_BATCH_ROWS
 
 
 def _rebatched(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    """The same rows in tables of a multiple of DATASETS_BATCH_ROWS rows (the last one excepted), so record
-    batches fall where `save_to_disk` puts them whatever the sizes of the tables a plan yields."""
-    pending: pa.Table | None = None
+    """The same rows as tables of whole record batches (DATASETS_BATCH_ROWS rows; the last may be short),
+    laid out in memory as `save_to_disk` laid out the pre-streaming build's staging file, so that the
+    Arrow writer pads the buffers the same way and the files are the same bytes.
+
+    `save_to_disk` read the staging file (a table of STAGING_ROWS chunks) in pieces of DATASETS_BATCH_ROWS
+    rows counted from each chunk's start and wrote each batch as one piece (a slice of its chunk: the
+    writer pads the data buffer to 64 bytes) or several (concatenated: no padding). A batch is one piece
+    when its chunk starts at a multiple of DATASETS_BATCH_ROWS.
+    """
+    size = DATASETS_BATCH_ROWS
+    pending: pa.Table | None = None  # the first rows of a batch across chunks
+    seen = 0  # rows before `table`
     for table in tables:
-        pending = table if pending is None else pa.concat_tables([pending, table])
-        whole = len(pending) - len(pending) % DATASETS_BATCH_ROWS
-        if whole:
-            yield pending.slice(0, whole)
-            pending = pending.slice(whole)
-    if pending is not None and len(pending):
-        yield pending
+        start = 0
+        if pending is not None:
+            start = min(size - len(pending), len(table))
+            pending = pa.concat_tables([pending, table.slice(0, start)])
+            if len(pending) == size:
+                yield pending.combine_chunks()
+                pending = None
+        whole = (len(table) - start) // size * size
+        if seen % size == 0:
+            if whole:
+                yield table.slice(start, whole)
+        else:
+            for lo in range(start, start + whole, size):
+                yield pa.concat_tables([table.slice(lo, 1), table.slice(lo + 1, size - 1)]).combine_chunks()
+        if start + whole < len(table):
+            rest = table.slice(start + whole)
+            pending = rest if pending is None else pa.concat_tables([pending, rest])
+        seen += len(table)
+    if pending is not None:
+        yield pending.combine_chunks()
 
 
 def _batch_bytes(table: pa.Table) -> np.ndarray:
