@@ -83,20 +83,28 @@ def phase_build(args: argparse.Namespace) -> dict:
 
 
 def phase_floor(args: argparse.Namespace) -> dict:
-    """pyarrow alone: write the built shards' record batches (memory-mapped) to new Arrow stream files."""
+    """pyarrow alone: write the built shards' record batches (memory-mapped) to new Arrow stream files.
+
+    Best of 3 runs (1 above 1 GB), each into a fresh folder: the fastest write is the floor."""
     import pyarrow as pa
 
     shards = sorted(Path(args.plan_out).glob("data-*.arrow"))
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for shard in shards:
-        with pa.memory_map(str(shard)) as source, pa.OSFile(str(Path(args.out) / shard.name), "wb") as sink:
-            reader = pa.ipc.open_stream(source)
-            with pa.ipc.new_stream(sink, reader.schema) as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-    wall = time.perf_counter() - start
-    return {"wall_s": wall, "bytes": sum(f.stat().st_size for f in Path(args.out).glob("data-*.arrow"))}
+    size = sum(f.stat().st_size for f in shards)
+    walls = []
+    for run in range(3 if size < 1e9 else 1):
+        target = Path(args.out) / str(run)
+        target.mkdir(parents=True)
+        start = time.perf_counter()
+        for shard in shards:
+            with pa.memory_map(str(shard)) as source, pa.OSFile(str(target / shard.name), "wb") as sink:
+                reader = pa.ipc.open_stream(source)
+                with pa.ipc.new_stream(sink, reader.schema) as writer:
+                    for batch in reader:
+                        writer.write_batch(batch)
+        walls.append(time.perf_counter() - start)
+        written = sum(f.stat().st_size for f in target.glob("data-*.arrow"))
+        shutil.rmtree(target)
+    return {"wall_s": min(walls), "walls_s": walls, "bytes": written}
 
 
 def phase_baseline(args: argparse.Namespace) -> dict:

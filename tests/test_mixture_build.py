@@ -221,13 +221,17 @@ def _reference_build(plan, out: Path) -> None:
     (out / build.MANIFEST).write_text(json.dumps(plan.summary(), indent=2) + "\n")
 
 
-def test_streaming_build_equals_the_pre_streaming_build_beyond_one_chunk(tmp_path, repo_root):
-    """40,000 examples: batches across the 16,384-example chunks, in one shard, the same bytes as before."""
+def test_streaming_build_equals_the_pre_streaming_build_beyond_one_chunk(tmp_path, repo_root, monkeypatch):
+    """40,000 examples (record batches across staging batches, one shard): the same bytes as before, in
+    chunks of any size."""
     mixture = shipped_mixture_yaml("variants", tmp_path, repo_root)
     plan = plan_mixture(load_mixture(mixture, overrides=["total_examples=40000"]))
     _reference_build(plan, tmp_path / "reference")
     built = build_mixture(plan, tmp_path / "built")
     assert _sha256(built) == _sha256(tmp_path / "reference")
+    for chunk_bytes in (1, 7_000_000):  # chunks of 1,000 examples; ~5,000, across staging batches
+        monkeypatch.setattr(build, "CHUNK_BYTES", chunk_bytes)
+        assert _sha256(build_mixture(plan, tmp_path / f"built-{chunk_bytes}")) == _sha256(built)
 
 
 def test_large_builds_are_sharded_where_the_examples_say(tmp_path, monkeypatch):
@@ -266,14 +270,14 @@ from pathlib import Path
 from mixtune.mixtures import build, load_mixture, plan_mixture
 
 mixture, out, signal_file = sys.argv[1:]
-plan = plan_mixture(load_mixture(mixture))
-build.STAGING_ROWS = 1000  # several chunks
+plan = plan_mixture(load_mixture(mixture, overrides=["epochs=null", "total_examples=40000"]))
+build.CHUNK_BYTES = 1  # chunks of 1,000 examples
 tables = plan.iter_tables
 
 def slow(*args, **kwargs):
     for i, table in enumerate(tables(*args, **kwargs)):
         yield table
-        if i == 2:  # two chunks are written into the new output's temporary folder
+        if i == 20:  # the first 16,384 examples are written into the new output's temporary folder
             Path(signal_file).write_text("writing")
             time.sleep(120)
 
@@ -297,7 +301,7 @@ def test_killed_build_keeps_the_old_output_and_the_next_build_clears_its_leftove
     deadline = time.monotonic() + 240
     while not signal_file.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert signal_file.exists(), "the build did not reach its third chunk"
+    assert signal_file.exists(), "the build did not reach its 21st chunk"
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=30)
     assert _sha256(out) == before and datasets.load_from_disk(str(out))["prompt"] == rows

@@ -34,6 +34,10 @@ def test_py_whitespace_is_what_str_strip_removes():
     assert set(PY_WHITESPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}
 
 
+def test_no_rows():
+    assert instance_prompts(pa.array([], pa.string()), pa.array([], pa.string())).to_pylist() == []
+
+
 def test_golden_strings():
     spec = EncodingSpec(pos_examples=2, neg_examples=1)
     prompts = instance_prompts(pa.array([prompt_prefix(TASK, spec)]), pa.array([INPUT]))
@@ -44,7 +48,8 @@ def test_golden_strings():
                                   EncodingSpec(task_name=True, pos_examples=3, neg_examples=2, explanation=True)])
 def test_same_strings_as_encode_prompt_for_tricky_inputs(spec):
     prefix = prompt_prefix(TASK, spec)
-    got = instance_prompts(pa.array([prefix] * len(TRICKY)), pa.array(TRICKY)).to_pylist()
+    inputs = pa.array(["not written", *TRICKY]).slice(1)  # a slice: its offsets do not start at 0
+    got = instance_prompts(pa.array([prefix] * len(TRICKY)), inputs).to_pylist()
     assert got == [encode_prompt(TASK, x, spec) for x in TRICKY]
     assert any(x and x.strip()[-1:] in string.punctuation for x in TRICKY)  # both sides of the rule
 

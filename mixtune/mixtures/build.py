@@ -29,10 +29,11 @@ MANIFEST = "mixture_manifest.json"
 DATASETS_BATCH_ROWS = 1000
 #: A shard is closed once it holds this many bytes of Arrow data (`save_to_disk`'s default max_shard_size).
 SHARD_BYTES = 500 * 10**6
-#: Examples formatted at a time: the staging batch size of the pre-streaming build (see `_rebatched`).
+#: Output bytes formatted at a time (bounds the build's working memory), and the most examples at a time.
+CHUNK_BYTES = 48 * 2**20
+MAX_CHUNK_ROWS = 256 * DATASETS_BATCH_ROWS
+#: Positions per batch of the pre-streaming build's staging file (see `_rebatched`).
 STAGING_ROWS = 16384
-#: Fewer examples at a time when STAGING_ROWS of them would be more bytes than this (bounds the memory).
-MAX_CHUNK_BYTES = 256 * 2**20
 #: The columns whose bytes count towards a shard's size.
 SIZED_COLUMNS = ("prompt", "completion", "task", "category", "source", "instance_id")
 
@@ -52,7 +53,8 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
     with atomic_directory(out_dir) as tmp:
         sample = next(plan.iter_tables(0, DATASETS_BATCH_ROWS, batch_size=DATASETS_BATCH_ROWS, **fmt), None)
         rows = _chunk_rows(sample)
-        shards = _write_shards(_rebatched(plan.iter_tables(batch_size=rows, **fmt)), tmp, shard_bytes)
+        tables = plan.iter_tables(batch_size=rows, **fmt)
+        shards = _write_shards(_rebatched(_staging_pieces(tables)), tmp, shard_bytes)
         names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
         for shard, name in zip(shards, names, strict=True):
             os.replace(shard, tmp / name)
@@ -64,46 +66,74 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
 
 
 def _chunk_rows(sample: pa.Table | None) -> int:
-    """Examples to format at a time: STAGING_ROWS, fewer when that would exceed MAX_CHUNK_BYTES of output
-    (by the sample's size per example; then a multiple of DATASETS_BATCH_ROWS)."""
+    """Examples to format at a time: about CHUNK_BYTES of output by the sample's size per example (a
+    multiple of DATASETS_BATCH_ROWS, at most MAX_CHUNK_ROWS). The files do not depend on it."""
     per_row = sample.nbytes / len(sample) if sample is not None and len(sample) else 1
-    if per_row * STAGING_ROWS <= MAX_CHUNK_BYTES:
-        return STAGING_ROWS
-    return max(int(MAX_CHUNK_BYTES / per_row) // DATASETS_BATCH_ROWS, 1) * DATASETS_BATCH_ROWS
+    rows = int(CHUNK_BYTES / per_row) // DATASETS_BATCH_ROWS * DATASETS_BATCH_ROWS
+    return min(max(rows, DATASETS_BATCH_ROWS), MAX_CHUNK_ROWS)
 
 
-def _rebatched(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-    """The same rows as tables of whole record batches (DATASETS_BATCH_ROWS rows; the last may be short),
-    laid out in memory as `save_to_disk` laid out the pre-streaming build's staging file, so that the
-    Arrow writer pads the buffers the same way and the files are the same bytes.
+def _staging_pieces(tables: Iterator[pa.Table]) -> Iterator[tuple[pa.Table, bool]]:
+    """The rows in pieces inside the pre-streaming build's staging batches (the examples of each STAGING_ROWS
+    positions), each with whether it is a whole staging batch starting at a multiple of DATASETS_BATCH_ROWS
+    rows: such a batch is held and joined into one piece (see `_rebatched`), the others are streamed."""
+    held: list[pa.Table] = []
+    window, rows, aligned = -1, 0, False
+    for table in tables:
+        windows = table.column("position").to_numpy() // STAGING_ROWS
+        cuts = [0, *(np.flatnonzero(np.diff(windows)) + 1).tolist(), len(table)]
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            if windows[lo] != window:  # a staging batch starts
+                if held:
+                    yield pa.concat_tables(held), True
+                    held = []
+                window, aligned = int(windows[lo]), rows % DATASETS_BATCH_ROWS == 0
+            rows += hi - lo
+            if aligned:
+                held.append(table.slice(lo, hi - lo))
+            else:
+                yield table.slice(lo, hi - lo), False
+    if held:
+        yield pa.concat_tables(held), True
 
-    `save_to_disk` read the staging file (a table of STAGING_ROWS chunks) in pieces of DATASETS_BATCH_ROWS
-    rows counted from each chunk's start and wrote each batch as one piece (a slice of its chunk: the
-    writer pads the data buffer to 64 bytes) or several (concatenated: no padding). A batch is one piece
-    when its chunk starts at a multiple of DATASETS_BATCH_ROWS.
+
+def _copied(table: pa.Table) -> pa.Table:
+    """`table` in buffers of its own, of its exact size (Arrow's concatenation copies)."""
+    if len(table) < 2:
+        return pa.Table.from_pylist(table.to_pylist(), schema=table.schema)
+    return pa.concat_tables([table.slice(0, 1), table.slice(1)]).combine_chunks()
+
+
+def _rebatched(pieces: Iterator[tuple[pa.Table, bool]]) -> Iterator[pa.Table]:
+    """The rows of `_staging_pieces` as tables of whole record batches (DATASETS_BATCH_ROWS rows; the last
+    may be short), laid out in memory as `save_to_disk` laid out the pre-streaming build's staging file, so
+    that the Arrow writer pads the buffers the same way and the files are the same bytes.
+
+    `save_to_disk` read the staging file in pieces of DATASETS_BATCH_ROWS rows counted from each staging
+    batch's start, and wrote each record batch as one piece (a slice of its staging batch: the writer pads
+    its data buffers to 64 bytes) or several (concatenated: no padding). A record batch is one piece when
+    its staging batch starts at a multiple of DATASETS_BATCH_ROWS rows.
     """
     size = DATASETS_BATCH_ROWS
-    pending: pa.Table | None = None  # the first rows of a batch across chunks
-    seen = 0  # rows before `table`
-    for table in tables:
+    pending: pa.Table | None = None  # the first rows of a record batch across pieces
+    for piece, aligned in pieces:
         start = 0
         if pending is not None:
-            start = min(size - len(pending), len(table))
-            pending = pa.concat_tables([pending, table.slice(0, start)])
+            start = min(size - len(pending), len(piece))
+            pending = pa.concat_tables([pending, piece.slice(0, start)])
             if len(pending) == size:
                 yield pending.combine_chunks()
                 pending = None
-        whole = (len(table) - start) // size * size
-        if seen % size == 0:
+        whole = (len(piece) - start) // size * size
+        if aligned:  # (then start == 0)
             if whole:
-                yield table.slice(start, whole)
+                yield _copied(piece).slice(start, whole)  # slices of this staging batch only
         else:
             for lo in range(start, start + whole, size):
-                yield pa.concat_tables([table.slice(lo, 1), table.slice(lo + 1, size - 1)]).combine_chunks()
-        if start + whole < len(table):
-            rest = table.slice(start + whole)
+                yield _copied(piece.slice(lo, size))
+        if start + whole < len(piece):
+            rest = piece.slice(start + whole)
             pending = rest if pending is None else pa.concat_tables([pending, rest])
-        seen += len(table)
     if pending is not None:
         yield pending.combine_chunks()
 

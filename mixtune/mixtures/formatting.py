@@ -18,7 +18,8 @@ from mixtune.encodings import pick_reference
 #: The characters `str.strip()` removes (every c with c.isspace()); tests check the list is complete.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                  "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
-_PUNCTUATION = pa.array(list(string.punctuation))
+_PUNCTUATION_BYTES = np.zeros(256, dtype=bool)
+_PUNCTUATION_BYTES[list(string.punctuation.encode("ascii"))] = True
 _OUTPUT_LEAD = "\nOutput: "
 
 
@@ -28,9 +29,22 @@ def instance_prompts(prefixes: pa.Array, inputs: pa.Array) -> pa.Array:
     With `prefixes` from `prompt_prefix`, this is `encode_prompt`'s string (no token budget).
     """
     stripped = pc.utf8_trim(inputs, characters=PY_WHITESPACE)
-    ends_in_punctuation = pc.is_in(pc.utf8_slice_codeunits(stripped, start=-1), value_set=_PUNCTUATION)
-    tails = pc.if_else(ends_in_punctuation, _OUTPUT_LEAD, "." + _OUTPUT_LEAD)
+    tails = pc.if_else(pa.array(_ends_in_punctuation(stripped)), _OUTPUT_LEAD, "." + _OUTPUT_LEAD)
     return pc.binary_join_element_wise(prefixes, stripped, tails, "")
+
+
+def _ends_in_punctuation(strings: pa.StringArray) -> np.ndarray:
+    """Whether each string's last character is in `string.punctuation` (all ASCII: in UTF-8 it is the last
+    byte, and a last byte below 0x80 is a whole character)."""
+    if not len(strings):
+        return np.zeros(0, dtype=bool)
+    _, offset_buffer, data_buffer = strings.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32)[strings.offset:strings.offset + len(strings) + 1]
+    data = np.frombuffer(data_buffer or b"", dtype=np.uint8)
+    nonempty = offsets[1:] > offsets[:-1]
+    last = np.zeros(len(strings), dtype=np.uint8)
+    last[nonempty] = data[offsets[1:][nonempty] - 1]
+    return _PUNCTUATION_BYTES[last] & nonempty
 
 
 def reference_counts(outputs: pa.ListArray) -> np.ndarray:

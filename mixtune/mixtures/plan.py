@@ -97,7 +97,7 @@ class MixturePlan:
         self.seed = spec.seed
         self.hash = _plan_hash(spec, tasks, len(index))
         self._prefix_cache: dict[int, str] = {}
-        self._task_arrays: tuple[pa.Array, pa.Array, pa.Array] | None = None
+        self._task_arrays: tuple[pa.Array, pa.Array, pa.Array, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -186,7 +186,7 @@ class MixturePlan:
                               max_source_length=max_source_length)
                 for t, x, p in zip([self.tasks[k] for k in task_ids.tolist()], inputs.to_pylist(),
                                    positions.tolist(), strict=True)], pa.string())
-        names, categories, sources = self._task_columns()
+        names, categories, sources, _ = self._task_columns()
         take = pa.array(task_ids)
         return pa.Table.from_arrays([
             prompts, picked_references(outputs, position_seeds(self.seed, positions), counts),
@@ -213,7 +213,7 @@ class MixturePlan:
     def _prefixes(self, task_ids: np.ndarray, positions: np.ndarray) -> pa.Array:
         """Each row's fixed prompt part (`prompt_prefix`), computed once per (task, encoding) and cached."""
         variants = np.full(len(task_ids), -1, dtype=np.int64)  # -1: the task's own encoding
-        tk = np.array([t.encoding.tk_instruct for t in self.tasks], dtype=bool)[task_ids]
+        tk = self._task_columns()[3][task_ids]
         if tk.any():
             seeds = position_seeds(self.seed ^ _ENCODING_STREAM, positions[tk])
             spec = EncodingSpec(tk_instruct=True)
@@ -230,11 +230,12 @@ class MixturePlan:
             texts.append(self._prefix_cache[key])
         return pa.array(texts, pa.string()).take(pa.array(inverse.reshape(-1)))
 
-    def _task_columns(self) -> tuple[pa.Array, pa.Array, pa.Array]:
-        """Name, category and source of every task, to `take` per example."""
+    def _task_columns(self) -> tuple[pa.Array, pa.Array, pa.Array, np.ndarray]:
+        """Name, category and source of every task (to `take` per example), and which use tk_instruct."""
         if self._task_arrays is None:
-            self._task_arrays = tuple(pa.array([getattr(t, key) for t in self.tasks], pa.string())
-                                      for key in ("name", "category", "source"))
+            self._task_arrays = (*(pa.array([getattr(t, key) for t in self.tasks], pa.string())
+                                   for key in ("name", "category", "source")),
+                                 np.array([t.encoding.tk_instruct for t in self.tasks], dtype=bool))
         return self._task_arrays
 
 
