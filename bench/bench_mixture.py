@@ -16,8 +16,9 @@ peak RSS is its own:
                 and seed, the same prompt formatting, `save_to_disk`: map-style (`all_exhausted`, then
                 the first N); with --iterable-baseline also iterable (`.take(N)`, ~10 minutes at 100k)
 
-Times are measured inside the child (interpreter start-up and imports excluded). The load average is
-printed before and after: the machine may be shared.
+Wall and CPU seconds (user + system, from rusage) are measured inside the child (interpreter start-up
+and imports excluded). The load average is printed before and after: on a shared machine wall times
+stretch, and the CPU-second ratios are the steadier comparison.
 
     python bench/bench_mixture.py [--work /tmp/mixtune-bench] [--examples 100000,1000000,5000000]
 """
@@ -56,13 +57,19 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its finished children so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def phase_index(args: argparse.Namespace) -> dict:
     from mixtune.tasks import open_collection
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     collection = open_collection("superni", args.root, cache_dir=args.cache)
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "tasks": len(collection.task_names())}
+    return {"wall_s": wall, "cpu_s": _cpu_s() - cpu, "tasks": len(collection.task_names())}
 
 
 def phase_build(args: argparse.Namespace) -> dict:
@@ -70,15 +77,16 @@ def phase_build(args: argparse.Namespace) -> dict:
 
     from mixtune.mixtures import build_mixture, load_mixture, plan_mixture
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     plan = plan_mixture(load_mixture(args.mixture), cache_dir=args.cache)
-    planned = time.perf_counter()
+    planned, planned_cpu = time.perf_counter(), _cpu_s()
     build_mixture(plan, args.out)
-    end = time.perf_counter()
+    end, end_cpu = time.perf_counter(), _cpu_s()
     json_path = Path(args.out) / "plan_rates.json"
     json_path.write_text(json.dumps({"tasks": [[t.name, t.rate, t.pool.tolist()] for t in plan.tasks]}))
     shards = sorted(Path(args.out).glob("data-*.arrow"))
-    return {"wall_s": end - start, "plan_s": planned - start, "write_s": end - planned, "examples": len(plan),
+    return {"wall_s": end - start, "plan_s": planned - start, "write_s": end - planned, "cpu_s": end_cpu - cpu,
+            "write_cpu_s": end_cpu - planned_cpu, "examples": len(plan),
             "tasks": len(plan.tasks), "shards": len(shards), "bytes": sum(f.stat().st_size for f in shards)}
 
 
@@ -90,11 +98,11 @@ def phase_floor(args: argparse.Namespace) -> dict:
 
     shards = sorted(Path(args.plan_out).glob("data-*.arrow"))
     size = sum(f.stat().st_size for f in shards)
-    walls = []
+    walls, cpus = [], []
     for run in range(3 if size < 1e9 else 1):
         target = Path(args.out) / str(run)
         target.mkdir(parents=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_s()
         for shard in shards:
             with pa.memory_map(str(shard)) as source, pa.OSFile(str(target / shard.name), "wb") as sink:
                 reader = pa.ipc.open_stream(source)
@@ -102,9 +110,10 @@ def phase_floor(args: argparse.Namespace) -> dict:
                     for batch in reader:
                         writer.write_batch(batch)
         walls.append(time.perf_counter() - start)
+        cpus.append(_cpu_s() - cpu)
         written = sum(f.stat().st_size for f in target.glob("data-*.arrow"))
         shutil.rmtree(target)
-    return {"wall_s": min(walls), "walls_s": walls, "bytes": written}
+    return {"wall_s": min(walls), "walls_s": walls, "cpu_s": min(cpus), "bytes": written}
 
 
 def phase_baseline(args: argparse.Namespace) -> dict:
@@ -116,7 +125,7 @@ def phase_baseline(args: argparse.Namespace) -> dict:
 
     # same tasks, rates and capped pools as the mixtune plan (read from the build phase's output)
     plan = json.loads((Path(args.plan_out) / "plan_rates.json").read_text())
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     spec = EncodingSpec(definition=True, pos_examples=2)
     infos, per_task = {}, []
     for name, _, pool in plan["tasks"]:
@@ -149,7 +158,7 @@ def phase_baseline(args: argparse.Namespace) -> dict:
                         "instance_id": ex["id"], "references": ex["output"]})
     datasets.Dataset.from_list(records).save_to_disk(args.out)
     end = time.perf_counter()
-    return {"wall_s": end - start, "load_s": loaded - start, "examples": len(records)}
+    return {"wall_s": end - start, "cpu_s": _cpu_s() - cpu, "load_s": loaded - start, "examples": len(records)}
 
 
 PHASES = {"index": phase_index, "reopen": phase_index, "build": phase_build, "floor": phase_floor,
@@ -247,22 +256,24 @@ def main() -> None:
     print(f"\ncollection: {len(files)} task files, {args.instances:,} instances requested, {size_gb:.2f} GB of JSON; "
           f"mixture: {first['tasks']} train tasks, cap {args.cap}, temperature {args.temperature}; "
           f"{os.cpu_count()} CPU cores; load average (1/5/15 min) before {load_before}, after {load_after}")
-    print(f"{'phase':<42}{'wall (s)':>10}{'peak RSS (MB)':>15}")
+    print(f"{'phase':<42}{'wall (s)':>10}{'CPU (s)':>10}{'peak RSS (MB)':>15}")
     for key, r in results.items():
-        print(f"{labels[key]:<42}{r['wall_s']:>10.2f}{r['peak_rss_mb']:>15.0f}")
+        print(f"{labels[key]:<42}{r['wall_s']:>10.2f}{r['cpu_s']:>10.2f}{r['peak_rss_mb']:>15.0f}")
     for n in sizes:
         b, floor = results[f"build_{n}"], results[f"floor_{n}"]
         print(f"build {n:,}: plan {b['plan_s']:.2f} s, format + write {b['write_s']:.2f} s, "
               f"{b['bytes'] / 1e9:.2f} GB in {b['shards']} shard(s), peak RSS {b['peak_rss_mb']:.0f} MB")
-        print(f"  vs pyarrow write floor ({floor['wall_s']:.2f} s): format + write {b['write_s'] / floor['wall_s']:.2f}x, "
-              f"plan + format + write {b['wall_s'] / floor['wall_s']:.2f}x")
+        print(f"  vs pyarrow write floor ({floor['wall_s']:.2f} s, {floor['cpu_s']:.2f} CPU s): format + write "
+              f"{b['write_s'] / floor['wall_s']:.2f}x wall, {b['write_cpu_s'] / floor['cpu_s']:.2f}x CPU; "
+              f"plan + format + write {b['wall_s'] / floor['wall_s']:.2f}x wall, {b['cpu_s'] / floor['cpu_s']:.2f}x CPU")
         for phase in ("baseline_map", "baseline"):
             base = results.get(f"{phase}_{n}")
             if base is None:
                 continue
             print(f"  {labels[f'{phase}_{n}'].strip()}: json-load + per-task datasets {base['load_s']:.2f} s, "
                   f"interleave + format + write {base['wall_s'] - base['load_s']:.2f} s")
-            print(f"    build speed-up: {base['wall_s'] / b['wall_s']:.1f}x (with first indexing: "
+            print(f"    build speed-up: {base['wall_s'] / b['wall_s']:.1f}x wall, {base['cpu_s'] / b['cpu_s']:.1f}x CPU "
+                  f"(with first indexing: "
                   f"{base['wall_s'] / (b['wall_s'] + results['index']['wall_s']):.1f}x); "
                   f"peak RSS ratio: {base['peak_rss_mb'] / b['peak_rss_mb']:.1f}x")
     print(json.dumps({"load_before": load_before, "load_after": load_after, **results}))

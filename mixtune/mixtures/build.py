@@ -160,8 +160,8 @@ def _write_shards(tables: Iterator[pa.Table], folder: Path, shard_bytes: int) ->
 
     def open_shard() -> ArrowWriter:
         shards.append(folder / f"shard-{len(shards):05d}.arrow.tmp")
-        return ArrowWriter(features=features, path=str(shards[-1]), embed_local_files=True,
-                           writer_batch_size=DATASETS_BATCH_ROWS)
+        # (save_to_disk embeds local image/audio files; the examples are text only, so nothing to embed)
+        return ArrowWriter(features=features, path=str(shards[-1]), writer_batch_size=DATASETS_BATCH_ROWS)
 
     try:
         for table in tables:  # each a multiple of DATASETS_BATCH_ROWS rows but the last
