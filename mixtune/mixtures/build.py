@@ -3,10 +3,12 @@ reproducibly, in bounded memory.
 
 The folder is what `Dataset.save_to_disk` writes (`datasets.load_from_disk` reads it): Arrow stream shards
 `data-NNNNN-of-MMMMM.arrow` of record batches of DATASETS_BATCH_ROWS rows, `state.json` and
-`dataset_info.json`. Examples are formatted and written a chunk at a time, so memory does not grow with the
-number of examples; a new shard starts once one holds SHARD_BYTES (`_batch_bytes`). With one shard the
-files are byte for byte those `save_to_disk` writes for the same rows (it splits larger datasets evenly,
-which needs their size before writing; here the last shard is the smaller one).
+`dataset_info.json`. Examples are formatted about CHUNK_BYTES at a time and written straight into the
+shards, so memory does not grow with the number of examples (besides the chunk, at most one staging batch
+of STAGING_ROWS examples is held, see `_staging_pieces`); a new shard starts once one holds SHARD_BYTES
+(`_batch_bytes`). With one shard the files are byte for byte those of the pre-streaming build (all its
+examples in a staging file, then `save_to_disk`; it split larger outputs into shards of equal size, which
+needs the total before writing: here the last shard is the smaller one).
 """
 
 from __future__ import annotations
