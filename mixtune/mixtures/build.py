@@ -34,6 +34,9 @@ SHARD_BYTES = 500 * 10**6
 #: Output bytes formatted at a time (bounds the build's working memory), and the most examples at a time.
 CHUNK_BYTES = 48 * 2**20
 MAX_CHUNK_ROWS = 256 * DATASETS_BATCH_ROWS
+#: Chunks whose instances are read at once (a task's rows in one `take`; instances are a fraction of the
+#: formatted bytes, which repeat each task's definition and demonstrations).
+READ_BATCHES = 4
 #: Positions per batch of the pre-streaming build's staging file (see `_rebatched`).
 STAGING_ROWS = 16384
 #: The columns whose bytes count towards a shard's size.
@@ -55,7 +58,7 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
     with atomic_directory(out_dir) as tmp:
         sample = next(plan.iter_tables(0, DATASETS_BATCH_ROWS, batch_size=DATASETS_BATCH_ROWS, **fmt), None)
         rows = _chunk_rows(sample)
-        tables = plan.iter_tables(batch_size=rows, **fmt)
+        tables = plan.iter_tables(batch_size=rows, read_batches=READ_BATCHES, **fmt)
         shards = _write_shards(_rebatched(_staging_pieces(tables)), tmp, shard_bytes)
         names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
         for shard, name in zip(shards, names, strict=True):

@@ -158,19 +158,25 @@ class MixturePlan:
             yield table.to_pydict()
 
     def iter_tables(self, start: int = 0, stop: int | None = None, *, tokenizer: Any = None,
-                    max_source_length: int | None = None, batch_size: int = 1024) -> Iterator[pa.Table]:
-        """Like `iter_batches`, as Arrow tables with EXAMPLE_SCHEMA."""
+                    max_source_length: int | None = None, batch_size: int = 1024,
+                    read_batches: int = 1) -> Iterator[pa.Table]:
+        """Like `iter_batches`, as Arrow tables with EXAMPLE_SCHEMA. The instances of `read_batches` batches
+        are read at once (one `take` per task: fewer, larger reads; an instance is a fraction of its example)."""
         n = len(self)
         stop = n if stop is None else min(stop, n)
         if start < 0 or start > n:
             raise IndexError(f"start {start} is outside the mixture (0..{n})")
-        for lo in range(start, stop, batch_size):
-            yield self._format(lo, min(lo + batch_size, stop), tokenizer, max_source_length)
+        for lo in range(start, stop, batch_size * read_batches):
+            hi = min(lo + batch_size * read_batches, stop)
+            instances = self._instances(self.index.task_ids[lo:hi], self.index.rows[lo:hi])
+            for a in range(lo, hi, batch_size):
+                b = min(a + batch_size, hi)
+                yield self._format(a, b, instances.slice(a - lo, b - a), tokenizer, max_source_length)
 
-    def _format(self, lo: int, hi: int, tokenizer: Any, max_source_length: int | None) -> pa.Table:
+    def _format(self, lo: int, hi: int, instances: pa.Table, tokenizer: Any,
+                max_source_length: int | None) -> pa.Table:
         task_ids = self.index.task_ids[lo:hi]
         positions = np.arange(lo, hi, dtype=np.int64)
-        instances = self._instances(task_ids, self.index.rows[lo:hi])
         ids, inputs = instances.column("id").combine_chunks(), instances.column("input").combine_chunks()
         outputs = instances.column("output").combine_chunks()
         counts = reference_counts(outputs)
