@@ -160,6 +160,35 @@ def encode_prompt(info: TaskInfo, input: str, spec: EncodingSpec, *, seed: int |
     return source
 
 
+#: What every prompt writes just before the instance's input.
+INSTANCE_LEAD = "Now complete the following example -\nInput: "
+
+
+def resolve_encoding(spec: EncodingSpec, seed: int | None) -> EncodingSpec:
+    """The encoding `encode_prompt` uses: `spec`, or with `spec.tk_instruct` the one drawn by `seed`."""
+    return _resolve(spec, seed)
+
+
+def prompt_prefix(info: TaskInfo, spec: EncodingSpec) -> str:
+    """The fixed part of every prompt of task `info` under `spec` (no token budget): task name, definition,
+    demonstrations and INSTANCE_LEAD, the same for all the task's instances.
+
+    `encode_prompt(info, x, spec)` is this prefix, then `x.strip()`, a '.' unless that ends in
+    `string.punctuation` (or is empty: then always), then "\\nOutput: ". A `tk_instruct` spec is
+    resolved first (`resolve_encoding`).
+    """
+    if spec.tk_instruct:
+        raise ConfigError("a tk_instruct encoding has no single prefix", field="encoding.tk_instruct",
+                          hint="resolve it per example first: resolve_encoding(spec, seed)")
+    task_name = f"{info.name}. " if spec.task_name else ""
+    definition = _end(f"Definition: {info.definition.strip()}") + "\n\n" if spec.definition else ""
+    positives = [_demonstration("Positive", i + 1, demo, spec.explanation)
+                 for i, demo in enumerate(info.positive_examples[: spec.pos_examples])]
+    negatives = [_demonstration("Negative", i + 1, demo, spec.explanation)
+                 for i, demo in enumerate(info.negative_examples[: spec.neg_examples])]
+    return task_name + definition + "".join(positives) + "".join(negatives) + INSTANCE_LEAD
+
+
 def pick_reference(outputs: Sequence[str], seed: int) -> str:
     """One of an instance's reference outputs, chosen by `seed` (training); evaluation keeps all."""
     if not outputs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -68,7 +69,8 @@ def atomic_directory(path: str | Path, *, overwrite: bool = True) -> Iterator[Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    # the writer's pid in the name lets `remove_stale_siblings` tell a killed write from a running one
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".partial", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder ordinary permissions
     try:
         yield tmp
@@ -83,3 +85,46 @@ def atomic_directory(path: str | Path, *, overwrite: bool = True) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_siblings(path: str | Path) -> list[Path]:
+    """Clear what killed `atomic_directory` writes of `path` left beside it; return what was removed.
+
+    Removed: `.NAME.PID-*.partial` folders and `.NAME.old-PID` previous outputs whose process is gone,
+    and `.NAME.*.partial` / `.NAME.*.staging` folders of earlier mixtune versions (their names carry no
+    pid). If `path` itself is missing because a write was killed between its two renames, the newest
+    previous output is first put back at `path`. Folders of a write still running are left alone.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    name = re.escape(path.name)
+    current = re.compile(rf"\.{name}\.(\d+)-[a-z0-9_]+\.partial")
+    legacy = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.(partial|staging)")
+    previous = re.compile(rf"\.{name}\.old-(\d+)")
+    stale, olds = [], []
+    for entry in path.parent.iterdir():
+        if m := current.fullmatch(entry.name):
+            if not _process_alive(int(m.group(1))):
+                stale.append(entry)
+        elif legacy.fullmatch(entry.name):
+            stale.append(entry)
+        elif (m := previous.fullmatch(entry.name)) and not _process_alive(int(m.group(1))):
+            olds.append(entry)
+    if olds and not path.exists():
+        newest = max(olds, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, path)
+        olds.remove(newest)
+    for entry in stale + olds:
+        shutil.rmtree(entry, ignore_errors=True)
+    return stale + olds

@@ -17,7 +17,9 @@ from mixtune.encodings import (
     encode_prompt,
     encoding_for_setting,
     pick_reference,
+    prompt_prefix,
     render_chat,
+    resolve_encoding,
 )
 from mixtune.errors import ConfigError, DataError
 from mixtune.tasks.schema import Demonstration, TaskInfo
@@ -138,6 +140,21 @@ def test_tk_instruct_choice_is_seeded_and_covers_all_five():
     assert set(seen) == five
     with pytest.raises(ConfigError, match="seed"):
         encode_prompt(TASK, INPUT, spec)
+
+
+def test_prompt_prefix_is_the_fixed_part_of_every_prompt():
+    lead = "Now complete the following example -\nInput: "
+    assert prompt_prefix(TASK, EncodingSpec()) == DEF + lead
+    assert prompt_prefix(TASK, EncodingSpec(definition=False, pos_examples=2)) == POS1 + POS2 + lead
+    spec = EncodingSpec(task_name=True, pos_examples=2, neg_examples=2)
+    assert prompt_prefix(TASK, spec) == "task001_arithmetic_qa. " + DEF + POS1 + POS2 + NEG1 + NEG2 + lead
+    assert prompt_prefix(TASK, EncodingSpec(pos_examples=2, explanation=True)) == DEF + POS1_EXPL + POS2_EXPL + lead
+    with pytest.raises(ConfigError, match="resolve_encoding"):
+        prompt_prefix(TASK, EncodingSpec(tk_instruct=True))
+    spec = EncodingSpec(tk_instruct=True)
+    for seed in range(20):
+        assert prompt_prefix(TASK, resolve_encoding(spec, seed)) + QUERY[len(lead):] == \
+            encode_prompt(TASK, INPUT, spec, seed=seed)
 
 
 def test_no_tokenizer_means_no_dropping():

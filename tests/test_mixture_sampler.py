@@ -98,3 +98,11 @@ def test_per_position_choices_are_seeded_and_vary():
     assert with_examples == {True, False}
     assert all(set(e) == {"prompt", "completion", "task", "category", "source", "position", "instance_id",
                           "references"} for e in a[:5])
+
+
+def test_position_seeds_is_position_seed_vectorised():
+    from mixtune.mixtures.sampler import position_seed, position_seeds
+
+    positions = np.array([0, 1, 2, 999, 2**31, 2**40 + 7, 2**63 - 1], dtype=np.int64)
+    for seed in (0, 1, 42, 2**63 + 5, 2**70 + 3, 0x656E63 ^ 1234):
+        assert position_seeds(seed, positions).tolist() == [position_seed(seed, int(p)) for p in positions]

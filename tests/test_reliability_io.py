@@ -57,40 +57,28 @@ def _manifest(out: Path) -> dict:
     return json.loads((out / "mixture_manifest.json").read_text())
 
 
-@pytest.mark.parametrize("where", ["dataset-save", "manifest-fsync", "arrow-staging"])
+@pytest.mark.parametrize("where", ["shard-write", "manifest-fsync", "shard-close"])
 def test_disk_full_during_mixture_build(built: Path, monkeypatch: pytest.MonkeyPatch, where: str,
                                        capsys: pytest.CaptureFixture) -> None:
     before = _manifest(built)
     rows = datasets.load_from_disk(str(built))["prompt"]
-    if where == "dataset-save":
-        def save_to_disk(self, path, *args, **kwargs):
-            (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"ARROW1" + b"\0" * 64)  # part of a file
-            raise _enospc(Path(path) / "data-00000-of-00001.arrow")
+    from datasets.arrow_writer import ArrowWriter
 
-        monkeypatch.setattr(datasets.Dataset, "save_to_disk", save_to_disk)
+    if where == "shard-write":  # a record batch of the shard is written, then the disk is full
+        real_write = ArrowWriter.write_table
+
+        def write_table(self, table, *args, **kwargs):
+            real_write(self, table, *args, **kwargs)
+            raise _enospc(self._path)
+
+        monkeypatch.setattr(ArrowWriter, "write_table", write_table)
     elif where == "manifest-fsync":
         _fsync_fails_for(monkeypatch, "mixture_manifest.json")
-    else:
-        import pyarrow as pa
+    else:  # the shard's last bytes do not fit when it is closed
+        def finalize(self, *args, **kwargs):
+            raise _enospc(self._path)
 
-        real_stream = pa.ipc.new_stream
-
-        class Full:
-            def __init__(self, *a, **k) -> None:
-                self.writer = real_stream(*a, **k)
-                self.batches = 0
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc) -> None:
-                self.writer.close()
-
-            def write_batch(self, batch) -> None:
-                self.writer.write_batch(batch)
-                raise _enospc("examples.arrow")
-
-        monkeypatch.setattr(pa.ipc, "new_stream", Full)
+        monkeypatch.setattr(ArrowWriter, "finalize", finalize)
     capsys.readouterr()
     assert main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "--set", "seed=7"]) == 1
     err = capsys.readouterr().err

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from mixtune.errors import ConfigError, DataError
 
@@ -361,12 +362,17 @@ class DecontaminatedPlan:
 
     def iter_batches(self, start: int = 0, stop: int | None = None, **kwargs: Any) -> Iterator[dict[str, list]]:
         """The full plan's batches, contaminated examples re-drawn (or, without clean rows, left out)."""
-        for batch in self._redrawn.iter_batches(start, stop, **kwargs):
-            mask = self.keep[np.asarray(batch["position"], dtype=np.int64)]
+        for table in self.iter_tables(start, stop, **kwargs):
+            yield table.to_pydict()
+
+    def iter_tables(self, start: int = 0, stop: int | None = None, **kwargs: Any) -> Iterator[pa.Table]:
+        """`iter_batches` as Arrow tables (what `build_mixture` writes)."""
+        for table in self._redrawn.iter_tables(start, stop, **kwargs):
+            mask = self.keep[table.column("position").to_numpy()]
             if mask.all():
-                yield batch
+                yield table
             elif mask.any():
-                yield {c: [v for v, m in zip(values, mask.tolist(), strict=True) if m] for c, values in batch.items()}
+                yield table.filter(pa.array(mask))
 
     def summary(self) -> dict[str, Any]:
         """The full plan's summary with the decontaminated size, hash and dropped counts."""

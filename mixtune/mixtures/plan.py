@@ -12,19 +12,44 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mixtune.encodings import EncodingSpec, encode_prompt, pick_reference
+from mixtune.encodings import (
+    TK_INSTRUCT_ENCODINGS,
+    EncodingSpec,
+    encode_prompt,
+    prompt_prefix,
+    resolve_encoding,
+)
 from mixtune.errors import ConfigError, DataError, HeldOutError
+from mixtune.mixtures.formatting import instance_prompts, picked_references, reference_counts
 from mixtune.mixtures.rates import mixing_rates, nest
-from mixtune.mixtures.sampler import SampleIndex, build_index, capped_pool, position_seed, stable_key
+from mixtune.mixtures.sampler import (
+    SampleIndex,
+    build_index,
+    capped_pool,
+    position_seed,
+    position_seeds,
+    stable_key,
+)
 from mixtune.mixtures.selection import held_out_tasks, select_tasks
 from mixtune.mixtures.spec import MixtureSpec, SourceSpec
-from mixtune.tasks.schema import TaskCollection, TaskInfo
+from mixtune.tasks.schema import INSTANCE_SCHEMA, TaskCollection, TaskInfo
 
 MAX_EXAMPLES = 2**32  # the sample index keeps 12 bytes per example in memory (~50 GB at this bound)
 
 #: Bumped whenever the sampling algorithm changes what a (mixture, seed, position) yields.
 SAMPLER_VERSION = 1
 COLUMNS = ("prompt", "completion", "task", "category", "source", "position", "instance_id", "references")
+#: The Arrow schema of formatted examples (and of a built mixture's files).
+EXAMPLE_SCHEMA = pa.schema([
+    ("prompt", pa.string()),
+    ("completion", pa.string()),
+    ("task", pa.string()),
+    ("category", pa.string()),
+    ("source", pa.string()),
+    ("position", pa.int64()),
+    ("instance_id", pa.string()),
+    ("references", pa.list_(pa.string())),
+])
 _ENCODING_STREAM = 0x656E63
 
 
@@ -71,6 +96,8 @@ class MixturePlan:
         self.collections = collections
         self.seed = spec.seed
         self.hash = _plan_hash(spec, tasks, len(index))
+        self._prefix_cache: dict[int, str] = {}
+        self._task_arrays: tuple[pa.Array, pa.Array, pa.Array, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -126,16 +153,56 @@ class MixturePlan:
     def iter_batches(self, start: int = 0, stop: int | None = None, *, tokenizer: Any = None,
                      max_source_length: int | None = None, batch_size: int = 1024) -> Iterator[dict[str, list]]:
         """Like `iter_examples`, as column batches ({column: list}) of at most `batch_size` examples."""
+        for table in self.iter_tables(start, stop, tokenizer=tokenizer, max_source_length=max_source_length,
+                                      batch_size=batch_size):
+            yield table.to_pydict()
+
+    def iter_tables(self, start: int = 0, stop: int | None = None, *, tokenizer: Any = None,
+                    max_source_length: int | None = None, batch_size: int = 1024,
+                    read_batches: int = 1) -> Iterator[pa.Table]:
+        """Like `iter_batches`, as Arrow tables with EXAMPLE_SCHEMA. The instances of `read_batches` batches
+        are read at once (one `take` per task: fewer, larger reads; an instance is a fraction of its example)."""
         n = len(self)
         stop = n if stop is None else min(stop, n)
         if start < 0 or start > n:
             raise IndexError(f"start {start} is outside the mixture (0..{n})")
-        for lo in range(start, stop, batch_size):
-            yield self._format(lo, min(lo + batch_size, stop), tokenizer, max_source_length)
+        for lo in range(start, stop, batch_size * read_batches):
+            hi = min(lo + batch_size * read_batches, stop)
+            instances = self._instances(self.index.task_ids[lo:hi], self.index.rows[lo:hi])
+            for a in range(lo, hi, batch_size):
+                b = min(a + batch_size, hi)
+                yield self._format(a, b, instances.slice(a - lo, b - a), tokenizer, max_source_length)
 
-    def _format(self, lo: int, hi: int, tokenizer: Any, max_source_length: int | None) -> dict[str, list]:
+    def _format(self, lo: int, hi: int, instances: pa.Table, tokenizer: Any,
+                max_source_length: int | None) -> pa.Table:
         task_ids = self.index.task_ids[lo:hi]
-        rows = self.index.rows[lo:hi]
+        positions = np.arange(lo, hi, dtype=np.int64)
+        ids, inputs = instances.column("id").combine_chunks(), instances.column("input").combine_chunks()
+        outputs = instances.column("output").combine_chunks()
+        counts = reference_counts(outputs)
+        if len(counts) and not counts.all():
+            i = int(np.argmin(counts))
+            raise DataError(f"instance {ids[i].as_py()!r} of task {self.tasks[task_ids[i]].name!r} has no output",
+                            field="output")
+        if tokenizer is None or max_source_length is None:
+            prompts = instance_prompts(self._prefixes(task_ids, positions), inputs)
+        else:  # demonstrations are dropped per example to fit the token budget
+            prompts = pa.array([
+                encode_prompt(t.info, x, t.encoding, seed=self._encoding_seed(t, p), tokenizer=tokenizer,
+                              max_source_length=max_source_length)
+                for t, x, p in zip([self.tasks[k] for k in task_ids.tolist()], inputs.to_pylist(),
+                                   positions.tolist(), strict=True)], pa.string())
+        names, categories, sources, _ = self._task_columns()
+        take = pa.array(task_ids)
+        return pa.Table.from_arrays([
+            prompts, picked_references(outputs, position_seeds(self.seed, positions), counts),
+            names.take(take), categories.take(take), sources.take(take), pa.array(positions), ids,
+            outputs.cast(EXAMPLE_SCHEMA.field("references").type)], schema=EXAMPLE_SCHEMA)
+
+    def _instances(self, task_ids: np.ndarray, rows: np.ndarray) -> pa.Table:
+        """The instances (id, input, output) at these (task, row) pairs, in the given order."""
+        if not len(task_ids):
+            return INSTANCE_SCHEMA.empty_table()
         # read each task's rows with one `take`, then put them back in position order
         by_task = np.argsort(task_ids, kind="stable")
         grouped = task_ids[by_task]
@@ -144,25 +211,38 @@ class MixturePlan:
                  for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(grouped)].tolist(), strict=True)]
         inverse = np.empty_like(by_task)
         inverse[by_task] = np.arange(len(by_task))
-        table = pa.concat_tables(parts).take(pa.array(inverse)) if parts else None
-        ids = table.column("id").to_pylist() if table is not None else []
-        inputs = table.column("input").to_pylist() if table is not None else []
-        outputs = table.column("output").to_pylist() if table is not None else []
-        tasks = [self.tasks[k] for k in task_ids.tolist()]
-        positions = list(range(lo, hi))
-        seed = self.seed
-        prompts = [encode_prompt(t.info, x, t.encoding,
-                                 seed=position_seed(seed ^ _ENCODING_STREAM, p) if t.encoding.tk_instruct else None,
-                                 tokenizer=tokenizer, max_source_length=max_source_length)
-                   for t, x, p in zip(tasks, inputs, positions, strict=True)]
-        completions = []
-        for t, i, refs, p in zip(tasks, ids, outputs, positions, strict=True):
-            if not refs:
-                raise DataError(f"instance {i!r} of task {t.name!r} has no output", field="output")
-            completions.append(refs[0] if len(refs) == 1 else pick_reference(refs, position_seed(seed, p)))
-        return {"prompt": prompts, "completion": completions, "task": [t.name for t in tasks],
-                "category": [t.category for t in tasks], "source": [t.source for t in tasks],
-                "position": positions, "instance_id": ids, "references": outputs}
+        return pa.concat_tables(parts).combine_chunks().take(pa.array(inverse))  # one chunk: a fast take
+
+    def _encoding_seed(self, task: PlanTask, position: int) -> int | None:
+        return position_seed(self.seed ^ _ENCODING_STREAM, position) if task.encoding.tk_instruct else None
+
+    def _prefixes(self, task_ids: np.ndarray, positions: np.ndarray) -> pa.Array:
+        """Each row's fixed prompt part (`prompt_prefix`), computed once per (task, encoding) and cached."""
+        variants = np.full(len(task_ids), -1, dtype=np.int64)  # -1: the task's own encoding
+        tk = self._task_columns()[3][task_ids]
+        if tk.any():
+            seeds = position_seeds(self.seed ^ _ENCODING_STREAM, positions[tk])
+            spec = EncodingSpec(tk_instruct=True)
+            picked = [resolve_encoding(spec, s) for s in seeds.tolist()]
+            variants[tk] = [next(i for i, e in enumerate(TK_INSTRUCT_ENCODINGS) if e is p) for p in picked]
+        keys, inverse = np.unique(task_ids.astype(np.int64) * 8 + variants + 1, return_inverse=True)
+        texts = []
+        for key in keys.tolist():
+            if key not in self._prefix_cache:
+                task = self.tasks[key // 8]
+                variant = key % 8 - 1
+                spec = task.encoding if variant < 0 else TK_INSTRUCT_ENCODINGS[variant]
+                self._prefix_cache[key] = prompt_prefix(task.info, spec)
+            texts.append(self._prefix_cache[key])
+        return pa.array(texts, pa.string()).take(pa.array(inverse.reshape(-1)))
+
+    def _task_columns(self) -> tuple[pa.Array, pa.Array, pa.Array, np.ndarray]:
+        """Name, category and source of every task (to `take` per example), and which use tk_instruct."""
+        if self._task_arrays is None:
+            self._task_arrays = (*(pa.array([getattr(t, key) for t in self.tasks], pa.string())
+                                   for key in ("name", "category", "source")),
+                                 np.array([t.encoding.tk_instruct for t in self.tasks], dtype=bool))
+        return self._task_arrays
 
 
 def plan_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> MixturePlan:

@@ -40,6 +40,14 @@ def position_seed(seed: int, position: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFFFFFF
 
 
+def position_seeds(seed: int, positions: np.ndarray) -> np.ndarray:
+    """`position_seed(seed, p)` for every p of `positions`, vectorised (uint64 arithmetic wraps mod 2**64)."""
+    z = positions.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 1) & _MASK64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((z ^ (z >> np.uint64(31))) & np.uint64(0x7FFFFFFF)).astype(np.int64)
+
+
 def capped_pool(num_instances: int, cap: int | None, seed: int, task: str) -> np.ndarray:
     """Rows of a task's pool: all rows, or a seeded random subset of `cap` rows (sorted)."""
     if cap is None or num_instances <= cap:
