@@ -295,3 +295,26 @@ def compare(dirs: Sequence[str | Path], *, baselines: bool = False) -> str:
     lines.append("| instances |" + "".join(f" {s.num_instances.get('overall', '?')} |" for s in runs.values()))
     lines.append("| ROUGE tokenizer |" + "".join(f" {s.rouge_tokenizer} |" for s in runs.values()))
     return "\n".join(lines) + "\n"
+
+
+def print_overall(run_dir: str | Path, file: Any = None) -> Path:
+    """Print an evaluation folder's overall table (the model, the runs beside it, the baselines) and the
+    sentence on the baselines, as report.md has them; returns the report's path."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mixtune.console import print_table
+
+    view = run_view(load_metrics(run_dir))
+    table = Table(title=escape(f"held-out, overall: {view.name}"), title_justify="left")
+    for header, justify in (("run", "left"), ("EM", "right"), ("ROUGE-L", "right")):
+        table.add_column(header, justify=justify)
+    for label, s in {view.name: view.scores, **view.others, **view.baselines}.items():
+        kind = " (baseline)" if label in view.baselines else ""
+        table.add_row(escape(label + kind), _fmt(s.overall["exact_match"]), _fmt(s.overall["rougeL"]))
+    console = Console(file=file, highlight=False)
+    print_table(table, console)
+    if view.baselines:
+        console.print(escape(standing(view.name, view.scores, view.baselines)), soft_wrap=True)
+    return Path(run_dir) / REPORT_FILE

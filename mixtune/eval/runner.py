@@ -209,7 +209,8 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         try:
             texts = generate(model, tokenizer, [r["prompt"] for r in records], batch_size=spec.batch_size,
                              max_new_tokens=spec.max_new_tokens, kind=kind, skip=skip, on_batch=writer,
-                             progress=progress, desc=f"eval {setting}")
+                             progress=progress,
+                             desc=f"eval {setting}" + (f" (step {step})" if step is not None else ""))
         finally:
             writer.close()
         seconds = time.perf_counter() - started
@@ -252,7 +253,10 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
 
     if not state.is_main_process:
         return {}
-    return _write_metrics(metrics, out_dir, report=report)
+    from mixtune.console import phase
+
+    with phase(f"writing the report into {out_dir}", enabled=progress and report):
+        return _write_metrics(metrics, out_dir, report=report)
 
 
 def _write_metrics(metrics: dict[str, Any], out_dir: Path, *, report: bool) -> dict[str, Any]:

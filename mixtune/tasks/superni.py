@@ -16,6 +16,7 @@ guard its entry point with `if __name__ == "__main__":` (otherwise indexing fall
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
@@ -30,6 +31,8 @@ from mixtune.errors import DataError
 from mixtune.tasks import cache
 from mixtune.tasks.base import IndexedCollection
 from mixtune.tasks.headers import SUPERNI_FIELDS, check_task_name, header_from, instance_table, parse_json
+
+log = logging.getLogger(__name__)
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
 ENTRY_KEYS = frozenset({"size", "mtime_ns", "key", "verified_ns", "header"})
@@ -86,6 +89,9 @@ class SuperNICollection(IndexedCollection):
         stats = {"tasks": len(files), "checked": len(todo), "parsed": 0}
         error: DataError | None = None
         if todo:
+            size = sum(st.st_size for _, st, _ in todo)
+            log.info("indexing %d task file(s) (%.0f MB) of %s into %s (once: later runs reuse the index)",
+                     len(todo), size / 1e6, self.path, self.cache_root)
             jobs = [(str(self.tasks_dir / f), str(self.cache_root), f[:-5], e["key"] if e else None)
                     for f, _, e in todo]
             results = self._run(jobs, workers, sum(st.st_size for _, st, _ in todo))
