@@ -119,8 +119,9 @@ class DistributedSection(StrictModel):
 
         if value is None or value in PRESETS or value.endswith(".json"):
             return value
-        hint = suggest(value, PRESETS) or f"presets: {', '.join(PRESETS)}"
-        raise ValueError(f"unknown DeepSpeed preset {value!r}: {hint}, or a path to a .json file")
+        close = suggest(value, PRESETS)
+        raise ValueError(f"unknown DeepSpeed preset {value!r}" + (f" ({close})" if close else "")
+                         + f"; give a preset ({', '.join(PRESETS)}) or a path to a .json file")
 
 
 class LoggingSection(StrictModel):
@@ -177,7 +178,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
                               path=path, field="distributed.deepspeed",
                               hint="a preset name (zero2, zero3, zero3_offload) or an existing .json file")
         dist["deepspeed"] = str(resolved)
-    recipe = validate(Recipe, data, path)
+    recipe = validate(Recipe, data, path, overrides)
     recipe._source = str(path)
     return recipe
 

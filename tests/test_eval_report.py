@@ -101,6 +101,16 @@ def test_compare_two_runs(tmp_path, runs, capsys) -> None:
     assert capsys.readouterr().out.splitlines()[0] == "| Metric | trained | untrained |"
 
 
+def test_compare_baselines_when_the_first_folder_has_none(tmp_path, runs) -> None:
+    model, untrained, baselines = runs
+    write_report(untrained, tmp_path / "untrained")  # e.g. `eval run --no-baselines`
+    write_report(model, tmp_path / "trained", baselines=baselines)
+    header = compare([tmp_path / "untrained", tmp_path / "trained"], baselines=True).splitlines()[0]
+    assert "copy_demo (baseline of trained)" in header and "copy_input (baseline of trained)" in header
+    with pytest.raises(DataError, match="none of these folders holds baselines"):
+        compare([tmp_path / "untrained"], baselines=True)
+
+
 def test_compare_missing_metrics(tmp_path) -> None:
     with pytest.raises(DataError, match="no metrics.json"):
         load_metrics(tmp_path)

@@ -67,10 +67,31 @@ def test_unknown_override_key_is_an_error() -> None:
         load_recipe(TINY, ["training.per_device_batchsize=4"])
 
 
-def test_wrong_type_names_field() -> None:
+def test_wrong_type_from_an_override_names_the_command_line() -> None:
     with pytest.raises(ConfigError) as e:
         load_recipe(TINY, ["training.max_steps=many"])
-    assert "training.max_steps" in str(e.value) and "tiny_causal.yaml" in str(e.value)
+    text = str(e.value)
+    assert "command-line override 'training.max_steps=many'" in text and "field 'training.max_steps'" in text
+    assert "tiny_causal.yaml" not in text  # the file is fine: the command line is not
+
+
+def test_override_typo_names_the_command_line_and_a_file_error_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^command-line override 'traning.max_steps=3': field 'traning': "
+                                          r"unknown key \(did you mean 'training'\?\)"):
+        load_recipe(TINY, ["traning.max_steps=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("max_steps:", "max_step:"))
+    with pytest.raises(ConfigError, match=f"^{bad}: field 'training.max_step'"):
+        load_recipe(bad, ["training.learning_rate=1e-4"])
+
+
+def test_unknown_preset_message_reads_as_a_sentence() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_recipe(TINY, ["distributed.deepspeed=zero4"])
+    text = str(e.value)
+    assert "unknown DeepSpeed preset 'zero4' (did you mean 'zero3' or 'zero2'?); give a preset (zero2, zero3, " \
+           "zero3_offload) or a path to a .json file" in text
+    assert "?," not in text and "Value error" not in text
 
 
 def test_bad_override_syntax() -> None:

@@ -281,8 +281,14 @@ def compare(dirs: Sequence[str | Path], *, baselines: bool = False) -> str:
     views = [run_view(load_metrics(d)) for d in dirs]
     runs = {label: v.scores for label, v in zip(_labels(dirs), views, strict=True)}
     if baselines:
-        for b, scores in views[0].baselines.items():
-            runs[f"{b} (baseline)"] = scores
+        labels = _labels(dirs)
+        source = next((i for i, v in enumerate(views) if v.baselines), None)
+        if source is None:
+            raise DataError("--baselines: none of these folders holds baselines", path=dirs[0],
+                            hint="evaluate with `mixtune eval run` without --no-baselines, or drop --baselines")
+        of = "" if source == 0 else f" of {labels[source]}"  # the first folder has none: say whose they are
+        for b, scores in views[source].baselines.items():
+            runs[f"{b} (baseline{of})"] = scores
     cats: list[str] = []
     for s in runs.values():
         cats += [c for c in s.per_category if c not in cats]

@@ -294,8 +294,12 @@ def run_eval_from_args(args: Any) -> int:
     if not model_dir.exists():
         raise ConfigError("model folder not found", path=model_dir,
                           hint="give a folder written by save_pretrained (e.g. a training output_dir)")
+    from mixtune.eval.evalsets import resolve_tasks
+
+    collection = _open_collection(spec)
+    resolve_tasks(collection, spec.split, spec.tasks)  # a misspelt task or split fails before the model loads
     metrics = run_eval(model_dir, spec, args.out, baselines=not getattr(args, "no_baselines", False),
-                       overwrite=getattr(args, "overwrite", False))
+                       collection=collection, overwrite=getattr(args, "overwrite", False))
     if metrics:
         overall = metrics["overall"]
         print(f"{metrics['primary_setting']}: exact_match {overall['exact_match']:.2f}  rougeL "
