@@ -126,8 +126,12 @@ def plot_categories(
     name: str = "model",
     baselines: Mapping[str, Scores] | None = None,
     others: Mapping[str, Scores] | None = None,
+    chance: Mapping[str, float] | None = None,
 ) -> bytes:
-    """PNG bytes: per-category bars of the primary metric, the model beside the other runs and baselines."""
+    """PNG bytes: per-category bars of the primary metric, the model beside the other runs and baselines.
+
+    Each bar is labelled with its value ('n/a' where a run lacks the category), so a zero shows; `chance`
+    (category -> EM of a uniform guess among the labels) is drawn as a dashed line over the category."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -139,11 +143,18 @@ def plot_categories(
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(columns))
     for i, (label, s) in enumerate(columns.items()):
-        values = [_primary(s, c) or 0.0 for c in cats]
+        found = [_primary(s, c) for c in cats]
         xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(cats))]
         is_baseline = label in baselines and i >= len(columns) - len(baselines)
-        ax.bar(xs, values, width=width, label=f"{label} (baseline)" if is_baseline else label,
-               hatch="//" if is_baseline else None, alpha=0.75 if is_baseline else 1.0)
+        bars = ax.bar(xs, [v or 0.0 for v in found], width=width,
+                      label=f"{label} (baseline)" if is_baseline else label,
+                      hatch="//" if is_baseline else None, alpha=0.75 if is_baseline else 1.0)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.0f}" for v in found], fontsize=6, padding=1)
+    label = "chance (uniform guess among the labels)"
+    for j, c in enumerate(cats):
+        if chance and c in chance:
+            ax.hlines(chance[c], j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1, label=label)
+            label = None  # one legend entry
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([f"{c}\n({LABELS[primary_metric(c)]})" for c in cats], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("primary metric (0-100)")
@@ -245,8 +256,9 @@ def write_report(
     atomic_write_text(paths["report"], render_report(view.scores, name=view.name, baselines=view.baselines,
                                                      others=view.others, meta=view.meta,
                                                      rank_classification=view.rank_classification))
+    chance = metrics.get("chance_exact_match") if isinstance(metrics, Mapping) else None
     atomic_write_bytes(paths["plot"], plot_categories(view.scores, name=view.name, baselines=view.baselines,
-                                                      others=view.others))
+                                                      others=view.others, chance=chance))
     return paths
 
 

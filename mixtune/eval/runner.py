@@ -163,7 +163,7 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     Under several accelerate processes every process generates its share; the main process writes
     and returns the metrics (the others return {}).
     """
-    from mixtune.eval.evalsets import build_eval_set, label_set, resolve_tasks
+    from mixtune.eval.evalsets import build_eval_set, chance_exact_match, label_set, resolve_tasks
     from mixtune.eval.generation import generate, process_state
     from mixtune.eval.metrics import compute_scores
     from mixtune.eval.predictions import task_categories, write_predictions
@@ -196,6 +196,7 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         "split": spec.split, "tasks": tasks, "max_instances_per_task": spec.max_instances_per_task,
         "primary_setting": spec.settings[0], "settings": {}, "baselines": {}, "rank_classification": {},
         "rouge_tokenizer": "default", "others": dict(others or {}),
+        "chance_exact_match": chance_exact_match(collection, categories, spec.max_labels),
     }
     for number, setting in enumerate(spec.settings):
         primary = number == 0
