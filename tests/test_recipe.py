@@ -165,3 +165,26 @@ def test_cli_reports_recipe_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["train", str(TINY), "training.epohcs=2"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_accelerate_launch_without_use_deepspeed_on_cpu_says_how_to_launch(tmp_path: Path) -> None:
+    """On a CPU-only machine `accelerate launch --num_processes 2` (no --use_deepspeed) starts one plain
+    process; with a DeepSpeed recipe that process would die in DeepSpeed's MPI discovery (mpi4py)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU-only launch path")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "mixtune", "train",
+           str(TINY), "distributed.deepspeed=zero2", "training.max_steps=1", f"output_dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "mpi4py" not in done.stderr
+    assert "DeepSpeed on a CPU-only machine needs processes started by `accelerate launch --use_deepspeed` or " \
+           "`torchrun`; `accelerate launch` without --use_deepspeed starts one plain process there" in done.stderr
+    assert not (tmp_path / "run" / "final").exists()
