@@ -133,7 +133,10 @@ class LoggingSection(StrictModel):
     project: str = Field("mixtune", description="wandb project.")
     run_name: str | None = Field(None, description="wandb run name (default: the recipe file's name).")
     log_file: str = Field("train.log", description="Plain-text log, relative to output_dir.")
-    progress_bar: bool = Field(True, description="Show a progress bar on the main process.")
+    progress_bar: bool = Field(
+        True, description="Show progress on the main process: a status line for each phase that can take a while "
+        "(indexing, mixture planning, model loading, each held-out evaluation, saving) and progress bars for "
+        "training and evaluation.")
 
 
 class Recipe(StrictModel):

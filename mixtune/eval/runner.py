@@ -302,7 +302,10 @@ def run_eval_from_args(args: Any) -> int:
     metrics = run_eval(model_dir, spec, args.out, baselines=not getattr(args, "no_baselines", False),
                        collection=collection, overwrite=getattr(args, "overwrite", False))
     if metrics:
+        from mixtune.eval.report import print_overall
+
         overall = metrics["overall"]
         print(f"{metrics['primary_setting']}: exact_match {overall['exact_match']:.2f}  rougeL "
               f"{overall['rougeL']:.2f}  ({Path(args.out) / 'metrics.json'})")
+        print(f"report: {print_overall(args.out)}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def _train(args: argparse.Namespace) -> int:
 
         print(launch_command(recipe, args.recipe, overrides))
         return 0
+    if recipe.logging.progress_bar and int(os.environ.get("RANK", "0")) == 0:
+        logging.getLogger("mixtune").info("training %s into %s: loading torch and transformers ...",
+                                          args.recipe, recipe.output_dir)
     from mixtune.train.run import run_training
 
     final = run_training(recipe, order_log=args.data_order_log)
