@@ -72,11 +72,15 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         raise ConfigError("the mixture has no examples", path=recipe.source, field="data.mixture")
 
     # The plan's world size is known once the training arguments have set up the processes.
-    from mixtune.train import trainer as build
     from mixtune.train.launch import check_cpu_deepspeed_launch
-    from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
+    from mixtune.train.trainer import (
+        _has_accelerator,
+        build_collator,
+        build_trainer,
+        build_training_arguments,
+    )
 
-    check_cpu_deepspeed_launch(recipe, has_accelerator=build._has_accelerator())
+    check_cpu_deepspeed_launch(recipe, has_accelerator=_has_accelerator())
     kind_hint = recipe.model.kind or _kind_from_config(recipe)
     probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
     world = probe.world_size
