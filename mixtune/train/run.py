@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,11 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     text_log = TextLogCallback(log_path)
     if is_main:
         _attach_file_log(log_path)
-        logger.info("%s", run_header(recipe, plan, world=world, global_batch=g_batch, max_steps=max_steps))
+        header = run_header(recipe, plan, world=world, global_batch=g_batch, max_steps=max_steps)
+        text_log.write(header)
+        from mixtune.secrets import redact_text
+
+        print(redact_text(header), file=sys.stderr, flush=True)  # on the console too, whatever the logging set-up
         text_log.write(("resuming from " + str(resume_from) + f" at step {start_step}, stream position "
                         f"{start_position}") if resume_from else "starting fresh")
 
