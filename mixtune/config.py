@@ -112,29 +112,47 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def validate(model: type[M], data: Any, path: str | Path | None = None) -> M:
-    """Validate `data` against `model`; the first problem becomes a ConfigError naming file and field."""
+def validate(model: type[M], data: Any, path: str | Path | None = None, overrides: Iterable[str] = ()) -> M:
+    """Validate `data` against `model`; the first problem becomes a ConfigError naming file and field.
+
+    When the field was set by one of the command line's `key=value` `overrides`, the error names that
+    override instead of the file.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(err["loc"])
         field = _field_path(loc)
+        where = override_source(field, overrides) or path
         if err["type"] == "extra_forbidden":
             known = _known_fields(model, loc[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
-            raise ConfigError("unknown key", path=path, field=field, hint=hint) from None
-        msg = err["msg"]
+            raise ConfigError("unknown key", path=where, field=field, hint=hint) from None
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] not in ("missing",) and "input" in err:
             msg += f" (got {err['input']!r})"
-        raise ConfigError(msg, path=path, field=field or None) from None
+        raise ConfigError(msg, path=where, field=field or None) from None
+
+
+def override_source(field: str, overrides: Iterable[str]) -> str | None:
+    """'command-line override 'a.b=1'' when an override set `field` (or a key inside it), else None."""
+    if not field:
+        return None
+    for text in reversed(list(overrides)):  # the last override of a key wins, so name that one
+        key = text.split("=", 1)[0].strip()
+        if key == field or key.startswith(field + ".") or field.startswith(key + "."):
+            return f"command-line override {text!r}"
+    return None
 
 
 def suggest(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """'did you mean ...' text for a misspelt name, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
-    return f"did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    close = [repr(c) for c in difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)]
+    if not close:
+        return ""
+    return f"did you mean {close[0] if len(close) == 1 else ', '.join(close[:-1]) + ' or ' + close[-1]}?"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

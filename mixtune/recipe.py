@@ -119,8 +119,9 @@ class DistributedSection(StrictModel):
 
         if value is None or value in PRESETS or value.endswith(".json"):
             return value
-        hint = suggest(value, PRESETS) or f"presets: {', '.join(PRESETS)}"
-        raise ValueError(f"unknown DeepSpeed preset {value!r}: {hint}, or a path to a .json file")
+        close = suggest(value, PRESETS)
+        raise ValueError(f"unknown DeepSpeed preset {value!r}" + (f" ({close})" if close else "")
+                         + f"; give a preset ({', '.join(PRESETS)}) or a path to a .json file")
 
 
 class LoggingSection(StrictModel):
@@ -132,7 +133,10 @@ class LoggingSection(StrictModel):
     project: str = Field("mixtune", description="wandb project.")
     run_name: str | None = Field(None, description="wandb run name (default: the recipe file's name).")
     log_file: str = Field("train.log", description="Plain-text log, relative to output_dir.")
-    progress_bar: bool = Field(True, description="Show a progress bar on the main process.")
+    progress_bar: bool = Field(
+        True, description="Show progress on the main process: a status line for each phase that can take a while "
+        "(indexing, mixture planning, model loading, each held-out evaluation, saving) and progress bars for "
+        "training and evaluation.")
 
 
 class Recipe(StrictModel):
@@ -177,7 +181,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
                               path=path, field="distributed.deepspeed",
                               hint="a preset name (zero2, zero3, zero3_offload) or an existing .json file")
         dist["deepspeed"] = str(resolved)
-    recipe = validate(Recipe, data, path)
+    recipe = validate(Recipe, data, path, overrides)
     recipe._source = str(path)
     return recipe
 

@@ -180,3 +180,12 @@ def test_clear_errors(planted: dict, capsys: pytest.CaptureFixture) -> None:
     code, _, err = _run(capsys, str(planted["mixture"]), "--ngram", "0")
     assert code == 2 and "ngram" in err
     assert not (planted["root"] / "never").exists()
+
+
+def test_table_keeps_task_names_whole_in_a_narrow_terminal(planted: dict, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    code, out, err = _run(capsys, str(planted["mixture"]))
+    assert code == 0, err
+    assert f"│ {planted['task']} " in out and "…" not in out
+

@@ -69,6 +69,41 @@ def test_write_report(tmp_path, runs) -> None:
     assert pixels.shape[0] > 100 and pixels.shape[1] > 400
 
 
+def _png_pixels(data: bytes):
+    import io
+
+    return mpimg.imread(io.BytesIO(data), format="png")
+
+
+def test_plot_shows_a_zero_bar_apart_from_a_missing_one_and_a_chance_line(runs) -> None:
+    import numpy as np
+
+    from mixtune.eval.report import plot_categories
+
+    model, untrained, _ = runs
+    assert untrained.per_category["Textual Entailment"]["exact_match"] == 0.0
+    lacking = Scores.from_json({**untrained.to_json(),
+                                "per_category": {c: v for c, v in untrained.per_category.items()
+                                                 if c != "Textual Entailment"}})
+    zero = _png_pixels(plot_categories(model, others={"untrained": untrained}))
+    missing = _png_pixels(plot_categories(model, others={"untrained": lacking}))
+    assert zero.shape == missing.shape and not np.array_equal(zero, missing)  # '0' is drawn, 'n/a' differs
+    with_chance = _png_pixels(plot_categories(model, chance={"Textual Entailment": 33.33}))
+    assert not np.array_equal(with_chance, _png_pixels(plot_categories(model)))
+
+
+def test_chance_is_a_uniform_guess_among_the_labels() -> None:
+    from mixtune.eval.evalsets import chance_exact_match
+
+    collection = resolve_collection("bundled")
+    task = "task199_mnli_classification"
+    raw = json.loads((collection.path / "tasks" / f"{task}.json").read_text(encoding="utf-8"))
+    labels = {o.strip() for inst in raw["Instances"] for o in inst["output"]}
+    labels |= {ex["output"].strip() for ex in raw["Positive Examples"]}
+    chance = chance_exact_match(collection, task_categories(collection, [task, "task288_gigaword_summarization"]))
+    assert chance == {"Textual Entailment": round(100 / len(labels), 2)}  # Title Generation is scored by ROUGE-L
+
+
 def test_report_from_runner_metrics(tmp_path, runs) -> None:
     """`mixtune eval run`'s metrics.json layout: one score table per setting, baselines beside them."""
     model, untrained, baselines = runs
@@ -99,6 +134,16 @@ def test_compare_two_runs(tmp_path, runs, capsys) -> None:
     assert "| Textual Entailment (EM) |" in table and "| Title Generation (ROUGE-L) |" in table
     assert main(["eval", "compare", str(tmp_path / "trained"), str(tmp_path / "untrained")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "| Metric | trained | untrained |"
+
+
+def test_compare_baselines_when_the_first_folder_has_none(tmp_path, runs) -> None:
+    model, untrained, baselines = runs
+    write_report(untrained, tmp_path / "untrained")  # e.g. `eval run --no-baselines`
+    write_report(model, tmp_path / "trained", baselines=baselines)
+    header = compare([tmp_path / "untrained", tmp_path / "trained"], baselines=True).splitlines()[0]
+    assert "copy_demo (baseline of trained)" in header and "copy_input (baseline of trained)" in header
+    with pytest.raises(DataError, match="none of these folders holds baselines"):
+        compare([tmp_path / "untrained"], baselines=True)
 
 
 def test_compare_missing_metrics(tmp_path) -> None:

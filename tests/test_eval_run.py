@@ -225,6 +225,19 @@ def test_eval_run_cli(tiny_llama_dir, tmp_path):
     assert main(["eval", "run", str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
+def test_eval_run_rejects_a_task_typo_before_loading_the_model(tmp_path, capsys):
+    from mixtune.cli import main
+
+    not_a_model = tmp_path / "not-a-model"  # loading it would fail with another error
+    not_a_model.mkdir()
+    code = main(["eval", "run", str(not_a_model), "--out", str(tmp_path / "out"),
+                 "--tasks", "task199_mnli_clasification"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown task 'task199_mnli_clasification'" in err
+    assert "did you mean 'task199_mnli_classification'" in err and "cannot load" not in err
+    assert not (tmp_path / "out").exists()
+
+
 # -- periodic evaluation during training --------------------------------------------------------------
 def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path):
     from transformers import Trainer, TrainingArguments

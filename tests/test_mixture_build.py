@@ -137,6 +137,19 @@ def test_show_table_and_plot(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_show_table_never_cuts_a_task_name_in_a_narrow_pipe(repo_root):
+    mixture = str(repo_root / "data_mixtures" / "quickstart.yaml")
+    env = {**os.environ, "COLUMNS": "80"}
+    shown = subprocess.run([sys.executable, "-m", "mixtune", "mixture", "show", mixture], capture_output=True,
+                           text=True, timeout=300, env=env, check=True).stdout
+    as_json = subprocess.run([sys.executable, "-m", "mixtune", "mixture", "show", mixture, "--json"],
+                             capture_output=True, text=True, timeout=300, env=env, check=True).stdout
+    names = {t["name"] for t in json.loads(as_json)["tasks"]}
+    assert "…" not in shown and len(names) == 60
+    assert all(f"│ {name} " in shown for name in names)
+    assert "mixture 'quickstart': 60 tasks × 2 encodings, 5072 examples" in shown  # not "120 tasks"
+
+
 def test_cli_build_and_collection_flag_in_a_real_process(tmp_path, repo_root):
     out = tmp_path / "built"
     copy = tmp_path / "copy"

@@ -178,3 +178,17 @@ def test_missing_collection_path_points_at_the_field_and_the_flag(repo_root, tmp
     with pytest.raises(ConfigError) as e:
         plan_mixture(spec)
     assert "superni_default.yaml" in _error(e) and "sources[0].path" in _error(e) and "--collection" in _error(e)
+
+
+def test_tasks_missing_from_the_collection_are_reported_once_naming_the_file(repo_root, caplog, monkeypatch):
+    import logging
+
+    from mixtune.mixtures import selection
+
+    monkeypatch.setattr(selection, "_SAID", set())
+    caplog.set_level(logging.INFO, logger="mixtune")
+    path = repo_root / "data_mixtures" / "quickstart.yaml"  # two sources over the same split
+    for _ in range(2):  # e.g. `mixture show` and then `train` in one process
+        plan_mixture(load_mixture(path))
+    said = [r.getMessage() for r in caplog.records if "train task(s) of split" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{path.resolve()}: skipping 696 train task(s) of split 'default'")

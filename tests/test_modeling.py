@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -211,6 +213,56 @@ def test_encoder_decoder_warm_started_from_minilm() -> None:
     assert all(p.requires_grad for p in model.decoder.parameters())
     unfrozen, _, _ = load_model_and_tokenizer(ModelConfig(encoder_decoder=ENC_DEC))
     assert all(p.requires_grad for p in unfrozen.parameters())
+
+
+class _Records(logging.Handler):
+    """The messages that reach transformers' model-loading logger (it does not propagate to the root)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> _Records:
+        logging.getLogger("transformers.modeling_utils").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("transformers.modeling_utils").removeHandler(self)
+
+
+def test_warm_start_says_in_one_line_what_is_new_instead_of_a_load_report(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="mixtune")
+    with _Records() as seen:
+        load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "pointer_generator": True}))
+    shown = "\n".join(seen.messages)
+    assert "LOAD REPORT" not in shown and "corrupted" not in shown
+    lines = [r.getMessage() for r in caplog.records if r.name == "mixtune.train.modeling"]
+    assert len(lines) == 1
+    # one decoder layer's cross-attention: query, key, value, output dense, output LayerNorm (weight + bias each);
+    # the LM head's transform (dense, LayerNorm) and its two bias names
+    assert "cross-attention (10 tensors)" in lines[0] and "LM-head transform and bias (6 tensors" in lines[0]
+    assert "copy head" in lines[0]
+
+
+def test_warm_start_passes_on_the_load_report_when_a_checkpoint_differs_unexpectedly(tmp_path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mixtune.train.modeling import _minilm_path
+
+    folder = tmp_path / "minilm-plus"
+    shutil.copytree(_minilm_path(), folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["embeddings.stray.weight"] = torch.zeros(2, 2)  # not a layer, not the pooler: not expected
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with _Records() as seen:
+        load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "encoder": str(folder)}))
+    reports = [m for m in seen.messages if "LOAD REPORT" in m]
+    assert len(reports) == 1 and "embeddings.stray.weight" in reports[0]  # the encoder's; the decoder's is expected
 
 
 def test_encoder_decoder_config_errors(tmp_path) -> None:

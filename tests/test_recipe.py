@@ -67,10 +67,31 @@ def test_unknown_override_key_is_an_error() -> None:
         load_recipe(TINY, ["training.per_device_batchsize=4"])
 
 
-def test_wrong_type_names_field() -> None:
+def test_wrong_type_from_an_override_names_the_command_line() -> None:
     with pytest.raises(ConfigError) as e:
         load_recipe(TINY, ["training.max_steps=many"])
-    assert "training.max_steps" in str(e.value) and "tiny_causal.yaml" in str(e.value)
+    text = str(e.value)
+    assert "command-line override 'training.max_steps=many'" in text and "field 'training.max_steps'" in text
+    assert "tiny_causal.yaml" not in text  # the file is fine: the command line is not
+
+
+def test_override_typo_names_the_command_line_and_a_file_error_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^command-line override 'traning.max_steps=3': field 'traning': "
+                                          r"unknown key \(did you mean 'training'\?\)"):
+        load_recipe(TINY, ["traning.max_steps=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("max_steps:", "max_step:"))
+    with pytest.raises(ConfigError, match=f"^{bad}: field 'training.max_step'"):
+        load_recipe(bad, ["training.learning_rate=1e-4"])
+
+
+def test_unknown_preset_message_reads_as_a_sentence() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_recipe(TINY, ["distributed.deepspeed=zero4"])
+    text = str(e.value)
+    assert "unknown DeepSpeed preset 'zero4' (did you mean 'zero3' or 'zero2'?); give a preset (zero2, zero3, " \
+           "zero3_offload) or a path to a .json file" in text
+    assert "?," not in text and "Value error" not in text
 
 
 def test_bad_override_syntax() -> None:
@@ -144,3 +165,26 @@ def test_cli_reports_recipe_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["train", str(TINY), "training.epohcs=2"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_accelerate_launch_without_use_deepspeed_on_cpu_says_how_to_launch(tmp_path: Path) -> None:
+    """On a CPU-only machine `accelerate launch --num_processes 2` (no --use_deepspeed) starts one plain
+    process; with a DeepSpeed recipe that process would die in DeepSpeed's MPI discovery (mpi4py)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU-only launch path")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "mixtune", "train",
+           str(TINY), "distributed.deepspeed=zero2", "training.max_steps=1", f"output_dir={tmp_path / 'run'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "mpi4py" not in done.stderr
+    assert "DeepSpeed on a CPU-only machine needs processes started by `accelerate launch --use_deepspeed` or " \
+           "`torchrun`; `accelerate launch` without --use_deepspeed starts one plain process there" in done.stderr
+    assert not (tmp_path / "run" / "final").exists()

@@ -53,10 +53,13 @@ class HeldOutEvalCallback(TrainerCallback):
         trainer: the Trainer, to log through `trainer.log` (also settable later with `bind(trainer)`);
             without it metrics are appended to `state.log_history` and logged with `logging`.
         baselines_at_end: add the copy_demo / copy_input baselines to the final report.
+        progress: show a status line and a progress bar for each evaluation (main process).
     """
 
     def __init__(self, spec: EvalSpec, tokenizer: Any, *, output_dir: str | Path | None = None,
-                 collection: Any = None, trainer: Any = None, baselines_at_end: bool = True) -> None:
+                 collection: Any = None, trainer: Any = None, baselines_at_end: bool = True,
+                 progress: bool = False) -> None:
+        self.progress = progress
         self.spec = spec
         self.tokenizer = tokenizer
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -96,6 +99,7 @@ class HeldOutEvalCallback(TrainerCallback):
 
     def evaluate(self, args: Any, state: Any, model: Any, *, final: bool = False) -> dict[str, Any]:
         """Evaluate now (all processes); returns the flat logged metrics."""
+        from mixtune.console import phase
         from mixtune.eval.runner import run_eval
 
         step = int(state.global_step)
@@ -105,9 +109,11 @@ class HeldOutEvalCallback(TrainerCallback):
 
             self.collection = _open_collection(self.spec)
         out = self._root(args) / EVAL_DIR / f"step-{step}"
-        metrics = run_eval(model, self.spec, out, tokenizer=self.tokenizer, collection=self.collection,
-                           baselines=final and self.baselines_at_end, overwrite=True, progress=False, step=step,
-                           others=self._initial_scores(args) if final else None)
+        show = self.progress and state.is_world_process_zero
+        with phase(f"held-out evaluation at step {step} ({', '.join(self.spec.settings)}) into {out}", enabled=show):
+            metrics = run_eval(model, self.spec, out, tokenizer=self.tokenizer, collection=self.collection,
+                               baselines=final and self.baselines_at_end, overwrite=True, progress=show,
+                               step=step, others=self._initial_scores(args) if final else None)
         summary = _share(
             {"logs": flat_metrics(metrics), "value": best_value(metrics, self.spec.metric_for_best)}
             if metrics else None)

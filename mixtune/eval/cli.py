@@ -129,16 +129,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from mixtune.console import print_table
 
     table = Table(title=escape(title), title_justify="left")
     for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    Console(width=max(100, len(max((r[0] for r in rows), key=len, default="")) + 60)).print(table)
+    print_table(table)
 
 
 def _score(args: argparse.Namespace) -> int:

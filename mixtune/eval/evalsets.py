@@ -121,3 +121,18 @@ def label_set(collection: Any, task: str, max_labels: int = 10) -> list[str] | N
             if len(labels) > max_labels:
                 return None
     return sorted(labels) if 0 < len(labels) <= max_labels else None
+
+
+def chance_exact_match(collection: Any, categories: dict[str, str], max_labels: int = 10) -> dict[str, float]:
+    """category -> the EM a uniform guess among each task's labels expects (100 / number of labels), averaged
+    over the category's tasks that have a label set; only categories whose primary metric is EM."""
+    from mixtune.eval.metrics import primary_metric
+
+    per_category: dict[str, list[float]] = {}
+    for task, category in categories.items():
+        if primary_metric(category) != "exact_match":
+            continue
+        labels = label_set(collection, task, max_labels)
+        if labels:
+            per_category.setdefault(category, []).append(100.0 / len(labels))
+    return {c: round(sum(v) / len(v), 2) for c, v in per_category.items()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -124,6 +125,24 @@ def shard_for_process(order: Sequence[int], rank: int, world: int) -> list[int]:
     return share
 
 
+class _TokenTicker:
+    """A generate() streamer that shows the batch's decoding step on the progress bar, so a slow batch
+    (many prompts, long answers, a busy CPU) still shows progress every step."""
+
+    def __init__(self, bar: Any, max_new_tokens: int, every_s: float = 1.0) -> None:
+        self.bar, self.max_new_tokens, self.step = bar, max_new_tokens, -1
+        self.every_s, self.shown = every_s, time.monotonic()
+
+    def put(self, value: Any) -> None:  # the prompt first, then one token per sequence per step
+        self.step += 1
+        if self.step and time.monotonic() - self.shown >= self.every_s:
+            self.shown = time.monotonic()
+            self.bar.set_postfix_str(f"batch token {self.step}/{self.max_new_tokens}")
+
+    def end(self) -> None:
+        self.bar.set_postfix_str("")
+
+
 @torch.no_grad()  # not inference_mode: ZeRO-3 gathers parameters that training reuses
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 16,
              max_new_tokens: int = 128, kind: str | None = None, skip: Sequence[int] = (),
@@ -167,7 +186,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: 
                 batch = share[start:start + batch_size]
                 ids, mask = pad_batch([token_ids[i] for i in batch], pad_id, left=kind == "causal")
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=config, synced_gpus=synced)
+                                     generation_config=config, synced_gpus=synced,
+                                     streamer=_TokenTicker(bar, max_new_tokens) if not bar.disable else None)
                 new = out[:, ids.shape[1]:] if kind == "causal" else out
                 texts = [tokenizer.decode(_cut_at_eos(row.tolist(), eos_ids), skip_special_tokens=True).strip()
                          for row in new]

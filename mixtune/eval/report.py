@@ -180,8 +180,12 @@ def plot_categories(
     name: str = "model",
     baselines: Mapping[str, Scores] | None = None,
     others: Mapping[str, Scores] | None = None,
+    chance: Mapping[str, float] | None = None,
 ) -> bytes:
-    """PNG bytes: per-category bars of the primary metric, the model beside the other runs and baselines."""
+    """PNG bytes: per-category bars of the primary metric, the model beside the other runs and baselines.
+
+    Each bar is labelled with its value ('n/a' where a run lacks the category), so a zero shows; `chance`
+    (category -> EM of a uniform guess among the labels) is drawn as a dashed line over the category."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -193,11 +197,18 @@ def plot_categories(
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(columns))
     for i, (label, s) in enumerate(columns.items()):
-        values = [_primary(s, c) or 0.0 for c in cats]
+        found = [_primary(s, c) for c in cats]
         xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(cats))]
         is_baseline = label in baselines and i >= len(columns) - len(baselines)
-        ax.bar(xs, values, width=width, label=f"{label} (baseline)" if is_baseline else label,
-               hatch="//" if is_baseline else None, alpha=0.75 if is_baseline else 1.0)
+        bars = ax.bar(xs, [v or 0.0 for v in found], width=width,
+                      label=f"{label} (baseline)" if is_baseline else label,
+                      hatch="//" if is_baseline else None, alpha=0.75 if is_baseline else 1.0)
+        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.0f}" for v in found], fontsize=6, padding=1)
+    label = "chance (uniform guess among the labels)"
+    for j, c in enumerate(cats):
+        if chance and c in chance:
+            ax.hlines(chance[c], j - 0.45, j + 0.45, colors="black", linestyles="--", linewidth=1, label=label)
+            label = None  # one legend entry
     ax.set_xticks(range(len(cats)))
     ax.set_xticklabels([f"{c}\n({LABELS[primary_metric(c)]})" for c in cats], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("primary metric (0-100)")
@@ -320,8 +331,9 @@ def write_report(
                                                      rank_classification=view.rank_classification,
                                                      levels=view.levels, controls=view.controls,
                                                      primary_setting=view.primary_setting))
+    chance = metrics.get("chance_exact_match") if isinstance(metrics, Mapping) else None
     atomic_write_bytes(paths["plot"], plot_categories(view.scores, name=view.name, baselines=view.baselines,
-                                                      others=view.others))
+                                                      others=view.others, chance=chance))
     return paths
 
 
@@ -358,8 +370,14 @@ def compare(dirs: Sequence[str | Path], *, baselines: bool = False) -> str:
     views = [run_view(load_metrics(d)) for d in dirs]
     runs = {label: v.scores for label, v in zip(_labels(dirs), views, strict=True)}
     if baselines:
-        for b, scores in views[0].baselines.items():
-            runs[f"{b} (baseline)"] = scores
+        labels = _labels(dirs)
+        source = next((i for i, v in enumerate(views) if v.baselines), None)
+        if source is None:
+            raise DataError("--baselines: none of these folders holds baselines", path=dirs[0],
+                            hint="evaluate with `mixtune eval run` without --no-baselines, or drop --baselines")
+        of = "" if source == 0 else f" of {labels[source]}"  # the first folder has none: say whose they are
+        for b, scores in views[source].baselines.items():
+            runs[f"{b} (baseline{of})"] = scores
     cats: list[str] = []
     for s in runs.values():
         cats += [c for c in s.per_category if c not in cats]
@@ -372,3 +390,26 @@ def compare(dirs: Sequence[str | Path], *, baselines: bool = False) -> str:
     lines.append("| instances |" + "".join(f" {s.num_instances.get('overall', '?')} |" for s in runs.values()))
     lines.append("| ROUGE tokenizer |" + "".join(f" {s.rouge_tokenizer} |" for s in runs.values()))
     return "\n".join(lines) + "\n"
+
+
+def print_overall(run_dir: str | Path, file: Any = None) -> Path:
+    """Print an evaluation folder's overall table (the model, the runs beside it, the baselines) and the
+    sentence on the baselines, as report.md has them; returns the report's path."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mixtune.console import print_table
+
+    view = run_view(load_metrics(run_dir))
+    table = Table(title=escape(f"held-out, overall: {view.name}"), title_justify="left")
+    for header, justify in (("run", "left"), ("EM", "right"), ("ROUGE-L", "right")):
+        table.add_column(header, justify=justify)
+    for label, s in {view.name: view.scores, **view.others, **view.baselines}.items():
+        kind = " (baseline)" if label in view.baselines else ""
+        table.add_row(escape(label + kind), _fmt(s.overall["exact_match"]), _fmt(s.overall["rougeL"]))
+    console = Console(file=file, highlight=False)
+    print_table(table, console)
+    if view.baselines:
+        console.print(escape(standing(view.name, view.scores, view.baselines)), soft_wrap=True)
+    return Path(run_dir) / REPORT_FILE

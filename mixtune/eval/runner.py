@@ -170,7 +170,7 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     same error (`mixtune.eval.collective`). The main process returns the metrics, the others {}.
     """
     from mixtune.eval.collective import on_every_rank, on_main
-    from mixtune.eval.evalsets import resolve_tasks
+    from mixtune.eval.evalsets import chance_exact_match, resolve_tasks
     from mixtune.eval.generation import process_state
     from mixtune.eval.predictions import task_categories
 
@@ -210,8 +210,9 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         "split": spec.split, "tasks": tasks, "max_instances_per_task": spec.max_instances_per_task,
         "primary_setting": spec.settings[0], "settings": {}, "levels": {}, "baselines": {}, "rank_classification": {},
         "rouge_tokenizer": "default", "others": dict(others or {}),
+        "chance_exact_match": chance_exact_match(collection, categories, spec.max_labels),
     }
-    run = _Run(state, model, tokenizer, kind, spec, out_dir, collection, categories, progress)
+    run = _Run(state, model, tokenizer, kind, spec, out_dir, collection, categories, progress, step)
     primary_records: list[dict[str, Any]] = []
     for number, setting in enumerate(spec.settings):
         records = run.build(setting, tasks=tasks)
@@ -242,7 +243,10 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         _add_controls(metrics, primary_records, categories)
         if baselines:
             _add_baselines(metrics, collection, spec, tasks, categories, primary_records)
-        return _write_metrics(metrics, out_dir, report=report)
+        from mixtune.console import phase
+
+        with phase(f"writing the report into {out_dir}", enabled=progress and report):
+            return _write_metrics(metrics, out_dir, report=report)
 
     written = on_main(state, finish)
     return written if state.is_main_process else {}
@@ -252,9 +256,10 @@ class _Run:
     """One evaluation's shared state: builds a setting's records, generates what is left, writes and scores."""
 
     def __init__(self, state: Any, model: Any, tokenizer: Any, kind: str, spec: EvalSpec, out_dir: Path,
-                 collection: Any, categories: dict[str, str], progress: bool) -> None:
+                 collection: Any, categories: dict[str, str], progress: bool, step: int | None) -> None:
         self.state, self.model, self.tokenizer, self.kind, self.spec = state, model, tokenizer, kind, spec
         self.out_dir, self.collection, self.categories, self.progress = out_dir, collection, categories, progress
+        self.step = step
         self.scores: dict[str, Any] = {}
 
     def build(self, setting: str, **selection: Any) -> list[dict[str, Any]]:
@@ -289,7 +294,7 @@ class _Run:
         try:
             texts = generate(self.model, self.tokenizer, [r["prompt"] for r in records], batch_size=spec.batch_size,
                              max_new_tokens=spec.max_new_tokens, kind=self.kind, skip=skip, on_batch=writer,
-                             progress=self.progress, desc=f"eval {label}")
+                             progress=self.progress, desc=f"eval {label}" + (f" (step {self.step})" if self.step is not None else ""))
         finally:
             writer.close()
         seconds = time.perf_counter() - started
@@ -429,10 +434,17 @@ def run_eval_from_args(args: Any) -> int:
     if not model_dir.exists():
         raise ConfigError("model folder not found", path=model_dir,
                           hint="give a folder written by save_pretrained (e.g. a training output_dir)")
+    from mixtune.eval.evalsets import resolve_tasks
+
+    collection = _open_collection(spec)
+    resolve_tasks(collection, spec.split, spec.tasks)  # a misspelt task or split fails before the model loads
     metrics = run_eval(model_dir, spec, args.out, baselines=not getattr(args, "no_baselines", False),
-                       overwrite=getattr(args, "overwrite", False))
+                       collection=collection, overwrite=getattr(args, "overwrite", False))
     if metrics:
+        from mixtune.eval.report import print_overall
+
         overall = metrics["overall"]
         print(f"{metrics['primary_setting']}: exact_match {overall['exact_match']:.2f}  rougeL "
               f"{overall['rougeL']:.2f}  ({Path(args.out) / 'metrics.json'})")
+        print(f"report: {print_overall(args.out)}")
     return 0

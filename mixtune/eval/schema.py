@@ -83,6 +83,8 @@ class EvalMetrics(SettingScores):
     baselines: dict[str, SettingScores] = Field(default_factory=dict)
     rank_classification: dict[str, SettingScores] = Field(default_factory=dict)
     others: dict[str, SettingScores] = Field(default_factory=dict)
+    chance_exact_match: dict[str, float] = Field(
+        default_factory=dict, description="category -> the EM a uniform guess among its tasks' labels expects")
     meta: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -127,7 +127,7 @@ def load_eval_spec(path: str | Path | dict[str, Any], overrides: Iterable[str] =
         if isinstance(data.get("eval"), dict) and ("model" in data or "data" in data):
             data = data["eval"]
     data = apply_overrides(data, overrides)
-    spec = validate(EvalSpec, data, where)
+    spec = validate(EvalSpec, data, where, overrides)
     return resolve_paths(spec, where.parent if where is not None else None)
 
 

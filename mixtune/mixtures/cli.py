@@ -45,12 +45,13 @@ def show_command(args: argparse.Namespace) -> int:
     """Print the plan's summary (table or JSON) and optionally plot it."""
     from mixtune.mixtures.report import plot_rates, print_summary
 
-    summary = _plan(args).summary()
+    plan = _plan(args)
+    summary = plan.summary()
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print_summary(summary)
+        print_summary(summary, spec=plan.spec)
     if args.plot:
         path = plot_rates(summary, args.plot)
         print(f"wrote {path}", file=sys.stderr)

@@ -457,6 +457,8 @@ def print_report(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mixtune.console import print_table
+
     console = Console()
     table = Table(title=f"training instances overlapping {result['num_eval_instances']} evaluation instances of "
                         f"{len(result['eval_tasks'])} task(s) (exact or {result['ngram']}-gram)")
@@ -467,7 +469,7 @@ def print_report(result: dict[str, Any]) -> None:
         if t["contaminated"]:
             table.add_row(t["task"], t["source"], str(t["num_instances"]), str(t["exact"]), str(t["ngram"]),
                           str(t["contaminated"]), str(t["sampled_examples"]))
-    console.print(table)
+    print_table(table, console)
     console.print(f"{result['num_contaminated']} of {result['num_train_instances']} training instances overlap "
                   f"the evaluation")
     if "out" in result:

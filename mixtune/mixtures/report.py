@@ -8,16 +8,36 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mixtune.console import print_table
+
 
 def _fmt_cap(cap: Any) -> str:
     return "-" if cap is None else str(cap)
 
 
-def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+def tasks_text(tasks: list[dict[str, Any]], spec: Any = None) -> str:
+    """'60 tasks × 2 encodings' for a plan's (task, source) entries: the same task taken by several sources
+    counts once. Sources that differ only in their encoding are called encodings (needs the mixture `spec`)."""
+    names = {t["name"] for t in tasks}
+    sources = {t["source"] for t in tasks}
+    if len(tasks) == len(names):
+        return f"{len(names)} tasks" + (f" from {len(sources)} sources" if len(sources) > 1 else "")
+    word = "sources"
+    if spec is not None:
+        found = [(s.type, s.path, s.split, s.encoding.model_dump_json()) for m in spec.walk() for s in m.sources
+                 if s.name in sources]
+        if len({f[:3] for f in found}) == 1 and len({f[3] for f in found}) == len(found):
+            word = "encodings"
+    if len(tasks) == len(names) * len(sources):
+        return f"{len(names)} tasks × {len(sources)} {word}"
+    return f"{len(names)} tasks ({len(tasks)} task-source pairs over {len(sources)} {word})"
+
+
+def print_summary(summary: dict[str, Any], console: Console | None = None, *, spec: Any = None) -> None:
     """Print the per-task table, the per-category and per-source totals, the hash and the held-out check."""
     console = console or Console()
     n = summary["total_examples"]
-    table = Table(title=f"mixture {summary['name']!r}: {summary['num_tasks']} tasks, {n} examples, "
+    table = Table(title=f"mixture {summary['name']!r}: {tasks_text(summary['tasks'], spec)}, {n} examples, "
                         f"seed {summary['seed']}")
     for col, justify in [("task", "left"), ("source", "left"), ("category", "left"), ("instances", "right"),
                          ("cap", "right"), ("rate", "right"), ("expected", "right"), ("realised", "right")]:
@@ -25,7 +45,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     for t in sorted(summary["tasks"], key=lambda t: (-t["rate"], t["source"], t["name"])):
         table.add_row(t["name"], t["source"], t["category"], str(t["num_instances"]), _fmt_cap(t["cap"]),
                       f"{t['rate']:.4f}", f"{t['expected_examples']:.1f}", str(t["realised_examples"]))
-    console.print(table)
+    print_table(table, console)
     for key, title in (("categories", "per category"), ("sources", "per source")):
         totals = Table(title=title)
         for col, justify in [(key[:-1] if key == "sources" else "category", "left"), ("tasks", "right"),
@@ -35,7 +55,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         for g in summary[key]:
             totals.add_row(g["name"], str(g["num_tasks"]), str(g["num_instances"]), f"{g['rate']:.4f}",
                            f"{g['expected_examples']:.1f}", str(g["realised_examples"]))
-        console.print(totals)
+        print_table(totals, console)
     held = summary["held_out"]
     note = (f"{len(held['in_mixture'])} held-out task(s) IN the mixture (allowed)" if held["in_mixture"]
             else "no held-out task in the mixture")

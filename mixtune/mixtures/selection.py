@@ -28,6 +28,16 @@ class SelectedTask:
     encoding: EncodingSpec
 
 
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """Log an INFO line once per process (sources and nested mixtures repeat the same finding)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.info("%s", message)
+
+
 def is_glob(pattern: str) -> bool:
     """True when `pattern` has glob characters (*, ?, [)."""
     return any(c in GLOB_CHARS for c in pattern)
@@ -83,8 +93,8 @@ def select_tasks(spec: MixtureSpec, index: int, collection: TaskCollection) -> l
                               f"{shown}", path=path, field=f"{field}.missing_tasks",
                               hint="set `missing_tasks: skip` to leave them out")
         if missing:
-            log.info("source %s: skipping %d train task(s) of split %r missing from the collection",
-                     source.name, len(missing), source.split)
+            _say_once(f"{path or 'inline mixture'}: skipping {len(missing)} train task(s) of split {source.split!r} that "
+                      f"collection {source.path!r} lacks (missing_tasks: skip)")
         candidates = sorted({t for t in split.train if t in present})
     else:
         candidates = list(universe)

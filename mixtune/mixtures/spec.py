@@ -203,7 +203,7 @@ def _load(source: str | Path | Mapping[str, Any], overrides: Sequence[str], coll
         data = load_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)
-    spec = validate(MixtureSpec, data, path)
+    spec = validate(MixtureSpec, data, path, overrides)
     spec._path = path
     base = path.parent if path is not None else Path.cwd()
     for source_spec in spec.sources:

@@ -16,6 +16,7 @@ guard its entry point with `if __name__ == "__main__":` (otherwise indexing fall
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
@@ -37,6 +38,8 @@ from mixtune.tasks.headers import (
     parse_json,
     refuse_duplicate_ids,
 )
+
+log = logging.getLogger(__name__)
 
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again on the next open
 ENTRY_KEYS = frozenset({"size", "mtime_ns", "key", "verified_ns", "header"})
@@ -93,6 +96,9 @@ class SuperNICollection(IndexedCollection):
         stats = {"tasks": len(files), "checked": len(todo), "parsed": 0}
         error: DataError | None = None
         if todo:
+            size = sum(st.st_size for _, st, _ in todo)
+            log.info("indexing %d task file(s) (%.0f MB) of %s into %s (once: later runs reuse the index)",
+                     len(todo), size / 1e6, self.path, self.cache_root)
             jobs = [(str(self.tasks_dir / f), str(self.cache_root), f[:-5], e["key"] if e else None)
                     for f, _, e in todo]
             results = self._run(jobs, workers, sum(st.st_size for _, st, _ in todo))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,9 +43,36 @@ def _train(args: argparse.Namespace) -> int:
 
         print(launch_command(recipe, args.recipe, overrides))
         return 0
+    if recipe.logging.progress_bar and int(os.environ.get("RANK", "0")) == 0:
+        logging.getLogger("mixtune").info("training %s into %s: loading torch and transformers ...",
+                                          args.recipe, recipe.output_dir)
     from mixtune.train.run import run_training
 
     final = run_training(recipe, order_log=args.data_order_log)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"final model: {final}")
+        report = last_report(final)
+        if report is not None:
+            from mixtune.eval.report import print_overall
+
+            print_overall(report.parent)
+            print(f"report: {report}")
     return 0
+
+
+def last_report(final: Path) -> Path | None:
+    """The report.md of the run's last held-out evaluation (named in final/mixtune_run.json), if any."""
+    import json
+
+    from mixtune.eval.callback import EVAL_DIR
+    from mixtune.eval.report import REPORT_FILE
+    from mixtune.train.run import RUN_FILE
+
+    try:
+        history = json.loads((final / RUN_FILE).read_text(encoding="utf-8"))["heldout_eval"]["history"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not history:
+        return None
+    report = final.parent / EVAL_DIR / f"step-{history[-1]['step']}" / REPORT_FILE
+    return report if report.is_file() else None

@@ -6,9 +6,11 @@ DeepSpeed is configured by the recipe (`distributed.deepspeed`), not by launcher
 
 from __future__ import annotations
 
+import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from mixtune.errors import ConfigError
 from mixtune.recipe import Recipe
 
 #: placeholders a multi-node command leaves for the cluster to fill (e.g. from SLURM variables)
@@ -45,3 +47,24 @@ def launch_command(recipe: Recipe, recipe_path: str, overrides: Sequence[str] = 
         cmd += ["--nnodes", str(d.nodes), "--node_rank", NODE_RANK,
                 "--master_addr", MASTER_ADDR, "--master_port", MASTER_PORT]
     return _join([*cmd, "-m", "mixtune", *train])
+
+
+def check_cpu_deepspeed_launch(recipe: Recipe, *, has_accelerator: bool,
+                               env: Mapping[str, str] | None = None) -> None:
+    """Refuse a DeepSpeed run on a CPU-only machine whose process no launcher placed in a process group.
+
+    On CPU, `accelerate launch --num_processes N` without `--use_deepspeed` starts a single plain
+    process (its simple launcher); DeepSpeed then looks for MPI to find its peers and dies on a missing
+    `mpi4py`. Say how to launch instead.
+    """
+    env = os.environ if env is None else env
+    deepspeed = recipe.distributed.deepspeed or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if not deepspeed or has_accelerator or ("RANK" in env and "WORLD_SIZE" in env):
+        return
+    how = ("`accelerate launch` without --use_deepspeed starts one plain process there" if "ACCELERATE_USE_CPU" in env
+           else "this process was started without one")
+    raise ConfigError(
+        f"DeepSpeed on a CPU-only machine needs processes started by `accelerate launch --use_deepspeed` or "
+        f"`torchrun`; {how}", path=recipe.source, field="distributed.deepspeed",
+        hint=f"e.g. accelerate launch --num_processes 2 --use_deepspeed -m mixtune train {recipe.source}, or "
+             "distributed.deepspeed=null to train in one process")

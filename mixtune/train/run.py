@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,25 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     """Train as the recipe says; returns the final model folder. Works under any launcher."""
     from transformers import set_seed
 
+    from mixtune.console import phase
+
     output_dir = Path(recipe.output_dir)
-    plan = plan_for(recipe)
+    show = recipe.logging.progress_bar and int(os.environ.get("RANK", "0")) == 0
+    with phase(f"planning mixture {recipe.data.mixture}", enabled=show):
+        plan = plan_for(recipe)
     if len(plan) == 0:
         raise ConfigError("the mixture has no examples", path=recipe.source, field="data.mixture")
 
     # The plan's world size is known once the training arguments have set up the processes.
-    from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
+    from mixtune.train.launch import check_cpu_deepspeed_launch
+    from mixtune.train.trainer import (
+        _has_accelerator,
+        build_collator,
+        build_trainer,
+        build_training_arguments,
+    )
 
+    check_cpu_deepspeed_launch(recipe, has_accelerator=_has_accelerator())
     kind_hint = recipe.model.kind or _kind_from_config(recipe)
     probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
     world = probe.world_size
@@ -91,8 +103,11 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     text_log = TextLogCallback(log_path)
     if is_main:
         _attach_file_log(log_path)
-        text_log.write(f"mixture {plan.spec.name!r} hash {plan.hash}: {len(plan)} examples, "
-                       f"{len(plan.tasks)} tasks; world size {world}, global batch {g_batch}, {max_steps} steps")
+        header = run_header(recipe, plan, world=world, global_batch=g_batch, max_steps=max_steps)
+        text_log.write(header)
+        from mixtune.secrets import redact_text
+
+        print(redact_text(header), file=sys.stderr, flush=True)  # on the console too, whatever the logging set-up
         text_log.write(("resuming from " + str(resume_from) + f" at step {start_step}, stream position "
                         f"{start_position}") if resume_from else "starting fresh")
 
@@ -101,7 +116,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     set_seed(recipe.training.seed)
     from mixtune.train.modeling import load_model_and_tokenizer
 
-    model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
+    with phase("loading the model", enabled=show and is_main):
+        model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
     if kind != kind_hint:
         args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
     collate = build_collator(recipe, model, tokenizer, kind)
@@ -114,7 +130,7 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if recipe.eval is not None:
         from mixtune.eval.callback import HeldOutEvalCallback
 
-        heldout = HeldOutEvalCallback(recipe.eval, tokenizer)
+        heldout = HeldOutEvalCallback(recipe.eval, tokenizer, progress=recipe.logging.progress_bar)
         callbacks.append(heldout)
     trainer = build_trainer(model=model, tokenizer=tokenizer, kind=kind, args=args, train_dataset=stream,
                             data_collator=collator, callbacks=callbacks)
@@ -141,12 +157,25 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     }
     if heldout is not None:
         info["heldout_eval"] = {"best": heldout.best, "history": heldout.history}
-    final = save_final(trainer, tokenizer, output_dir, info)
+    with phase(f"saving the final model to {output_dir / FINAL}", enabled=show and is_main):
+        final = save_final(trainer, tokenizer, output_dir, info)
     if is_main:
         text_log.write(f"final model saved to {final}; trained on {end_position} examples")
     _finish_wandb()
     _detach_file_log()
     return final
+
+
+def run_header(recipe: Recipe, plan: Any, *, world: int, global_batch: int, max_steps: int) -> str:
+    """The run's one-line header: mixture, tasks and encodings, world size, global batch, steps, output folder."""
+    from mixtune.mixtures.report import tasks_text
+
+    t = recipe.training
+    tasks = [{"name": task.name, "source": task.source} for task in plan.tasks]
+    return (f"run: mixture {plan.spec.name!r} (hash {plan.hash}): {tasks_text(tasks, plan.spec)}, {len(plan)} "
+            f"examples; world size {world}, global batch {global_batch} ({t.per_device_batch_size} per device × "
+            f"{t.gradient_accumulation_steps} accumulation × {world} process(es)), {max_steps} steps; "
+            f"output {recipe.output_dir}")
 
 
 def _start_wandb(recipe: Recipe, run_name: str | None) -> None:
