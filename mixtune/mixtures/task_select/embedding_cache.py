@@ -1,0 +1,92 @@
+"""Instance embeddings cached beside the task cache, keyed by the encoder and each instance's content.
+
+Layout (under the collection's cache root, `<MIXTUNE_CACHE>/tasks/v1`)::
+
+    embeddings/<encoder key>/<group>.arrow     columns: key (content hash of the text), embedding
+
+`<group>` is the task's content key (or a hash of a target file's inputs), so a file holds the
+vectors of one task's instances; a vector is looked up by the hash of its text, so a text is
+embedded once per encoder whatever sample of the task asks for it. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from mixtune.io import atomic_write_bytes
+from mixtune.tasks.cache import content_hash
+
+
+@dataclass
+class EmbeddingRequest:
+    """The texts of one group (a task's sampled inputs) whose vectors are wanted, in order."""
+
+    group: str
+    texts: Sequence[str]
+
+
+def embeddings_dir(cache_root: Path, encoder_key: str) -> Path:
+    """The folder of one encoder's cached vectors, beside the task cache's instances/ and collections/."""
+    return Path(cache_root) / "embeddings" / encoder_key
+
+
+def _read(path: Path) -> tuple[list[str], np.ndarray] | None:
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        keys = table.column("key").to_pylist()
+        column = table.column("embedding").combine_chunks()
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(keys), column.type.list_size)
+        return keys, vectors
+    except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+        return None  # missing or unreadable: recompute
+
+
+def _write(path: Path, keys: list[str], vectors: np.ndarray) -> None:
+    dim = vectors.shape[1]
+    table = pa.table({"key": pa.array(keys, pa.string()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(
+                          pa.array(vectors.astype(np.float32).reshape(-1), pa.float32()), dim)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    atomic_write_bytes(path, memoryview(sink.getvalue()))  # type: ignore[arg-type]
+
+
+def cached_embeddings(folder: Path, requests: Sequence[EmbeddingRequest],
+                      encode: Callable[[list[str]], np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """The vectors of every request's texts (one array per request, in order) and how many were embedded.
+
+    `encode(texts) -> (n, d) array` is called at most once, on every missing text of every request,
+    so a cold run batches across tasks and shows one progress bar.
+    """
+    hashes = [[content_hash(t) for t in r.texts] for r in requests]
+    stored: list[dict[str, np.ndarray]] = []
+    missing: dict[str, str] = {}
+    for r, hs in zip(requests, hashes, strict=True):
+        found = _read(folder / f"{r.group}.arrow")
+        have = dict(zip(found[0], found[1], strict=True)) if found is not None else {}
+        stored.append(have)
+        for h, text in zip(hs, r.texts, strict=True):
+            if h not in have:
+                missing.setdefault(h, text)
+    new: dict[str, np.ndarray] = {}
+    if missing:
+        keys = list(missing)
+        vectors = encode([missing[k] for k in keys])
+        new = dict(zip(keys, vectors, strict=True))
+        for r, hs, have in zip(requests, hashes, stored, strict=True):
+            added = [h for h in dict.fromkeys(hs) if h not in have]
+            if not added:
+                continue
+            have.update((h, new[h]) for h in added)
+            _write(folder / f"{r.group}.arrow", list(have), np.stack(list(have.values())))
+    out = []
+    for hs, have in zip(hashes, stored, strict=True):
+        out.append(np.stack([have[h] for h in hs]) if hs else np.zeros((0, 0), np.float32))
+    return out, len(missing)

@@ -1,0 +1,104 @@
+"""`select_for_targets`: score every candidate task against the targets and keep the best k."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mixtune.errors import ConfigError
+from mixtune.mixtures.sampler import capped_pool
+from mixtune.mixtures.task_select.pool import Candidate, Pool, Target
+from mixtune.tasks.cache import cache_root
+
+log = logging.getLogger(__name__)
+METHODS = ("semb", "retrieval", "ngram")
+SAMPLE_SEED = 0  # the instance sample of a task is a pure function of (task name, its size, the cap)
+
+
+@dataclass
+class Selection:
+    """Scores of every candidate against every target, and the top k (best first, ties by name)."""
+
+    method: str
+    targets: list[Target]
+    candidates: list[Candidate]
+    scores: np.ndarray  # (candidates × targets)
+    k: int
+    encoder: str | None = None
+    embedded: int = 0  # texts embedded by this run (0 when every vector came from the cache)
+    pool_description: str = ""
+    order: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        combined = self.combined
+        self.order = sorted(range(len(self.candidates)), key=lambda i: (-combined[i], self.candidates[i].task))
+
+    @property
+    def combined(self) -> np.ndarray:
+        """One score per candidate: the mean of its scores over the targets."""
+        return self.scores.mean(axis=1)
+
+    @property
+    def selected(self) -> list[int]:
+        """Indices (into `candidates`) of the k best tasks, best first."""
+        return self.order[:self.k]
+
+
+def sample_inputs(inputs: list[str], cap: int, name: str) -> list[str]:
+    """At most `cap` of a task's inputs: a seeded subset (the mixture sampler's capped pool), in file order."""
+    return [inputs[i] for i in capped_pool(len(inputs), cap, SAMPLE_SEED, name).tolist()]
+
+
+def select_for_targets(pool: Pool, targets: list[Target], method: str, k: int, *, max_instances: int = 100,
+                       target_instances: int = 32, neighbors: int = 10, encoder=None,
+                       cache_dir: str | Path | None = None) -> Selection:
+    """Rank the pool's candidates (targets left out) for `targets` with `method` and keep `k`.
+
+    Candidates contribute at most `max_instances` inputs each, targets at most `target_instances`;
+    `encoder` (semb, retrieval) defaults to the shipped MiniLM `SentenceEncoder`.
+    """
+    from mixtune.mixtures.task_select import methods
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}", field="--method", hint=f"use one of {', '.join(METHODS)}")
+    names = {t.name for t in targets}
+    candidates, texts = [], []
+    for c in pool.candidates:
+        if c.task in names:
+            continue
+        table = c.collection.instances(c.task)
+        if table.num_rows == 0:
+            log.info("candidate %s has no instances; left out", c.task)
+            continue
+        rows = capped_pool(table.num_rows, max_instances, SAMPLE_SEED, c.task)
+        candidates.append(c)
+        texts.append(table.column("input").take(rows).to_pylist())
+    if k > len(candidates):
+        raise ConfigError(f"--k {k} is larger than the {len(candidates)} candidate tasks of {pool.description}",
+                          field="--k", hint=f"use --k {len(candidates)} or fewer, or a larger collection")
+    target_texts = [sample_inputs(list(t.inputs), target_instances, t.name) for t in targets]
+    embedded, encoder_name = 0, None
+    if method == "ngram":
+        scores = methods.ngram_scores(texts, target_texts)
+    else:
+        from mixtune.mixtures.task_select.embedding_cache import (
+            EmbeddingRequest,
+            cached_embeddings,
+            embeddings_dir,
+        )
+        from mixtune.mixtures.task_select.encoder import SentenceEncoder
+
+        encoder = encoder or SentenceEncoder()
+        encoder_name = encoder.name
+        requests = ([EmbeddingRequest(c.collection.content_key(c.task), x) for c, x in zip(candidates, texts, strict=True)]
+                    + [EmbeddingRequest(t.group, x) for t, x in zip(targets, target_texts, strict=True)])
+        vectors, embedded = cached_embeddings(embeddings_dir(cache_root(cache_dir), encoder.key), requests,
+                                              encoder.encode)
+        cand, targ = vectors[:len(candidates)], vectors[len(candidates):]
+        scores = (methods.semb_scores(cand, targ) if method == "semb"
+                  else methods.retrieval_scores(cand, targ, neighbors))
+    return Selection(method, targets, candidates, scores, k, encoder=encoder_name, embedded=embedded,
+                     pool_description=pool.description)
