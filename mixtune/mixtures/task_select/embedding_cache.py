@@ -4,9 +4,11 @@ Layout (under the collection's cache root, `<MIXTUNE_CACHE>/tasks/v1`)::
 
     embeddings/<encoder key>/<group>.arrow     columns: key (content hash of the text), embedding
 
-`<group>` is the task's content key (or a hash of a target file's inputs), so a file holds the
-vectors of one task's instances; a vector is looked up by the hash of its text, so a text is
-embedded once per encoder whatever sample of the task asks for it. Files are written atomically.
+`<group>` names a task of a collection (a hash of the collection's type and path and the task name;
+for a target file, of the file's path), so a file holds the vectors of one task's instances. A
+vector is looked up by the hash of its text: a text is embedded once per encoder, whatever sample of
+the task asks for it, and an edited task re-embeds only its changed inputs. Files are written
+atomically.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class EmbeddingRequest:
 
     group: str
     texts: Sequence[str]
+
+
+def task_group(collection: object, task: str) -> str:
+    """The cache group of a task of a collection: its type, path and name."""
+    return content_hash(type(collection).__name__, str(getattr(collection, "path", "")), task)
 
 
 def embeddings_dir(cache_root: Path, encoder_key: str) -> Path:

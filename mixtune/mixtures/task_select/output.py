@@ -47,7 +47,7 @@ def mixture_yaml(selection: Selection, pool: Pool, *, weights: str = "uniform") 
     target_names = [t.name for t in selection.targets]
     label = target_names[0] + (f"_and_{len(target_names) - 1}_more" if len(target_names) > 1 else "")
     sources = []
-    for source, names in pool.sources:
+    for source, names in pool.sources:  # each source keeps the chosen tasks it took (e.g. two encodings)
         include = [t for t in chosen if t in set(names)]
         if not include:
             continue
@@ -55,7 +55,6 @@ def mixture_yaml(selection: Selection, pool: Pool, *, weights: str = "uniform") 
         if task_weights:
             tasks["weights"] = {t: task_weights[t] for t in sorted(include)}
         sources.append({**source, "tasks": tasks})
-        chosen = [t for t in chosen if t not in set(include)]  # a task enters through its first source only
     spec: dict[str, Any] = {"name": f"select_{selection.method}_{label}"}
     spec.update({k: v for k, v in pool.mixture.items() if k != "held_out"})
     spec["sources"] = sources

@@ -15,6 +15,8 @@ from typing import Any
 
 from mixtune.config import suggest
 from mixtune.errors import ConfigError, DataError
+from mixtune.mixtures.task_select.embedding_cache import task_group
+from mixtune.tasks.cache import content_hash
 from mixtune.tasks.collection import open_collection
 from mixtune.tasks.schema import TaskCollection, TaskInfo
 
@@ -40,7 +42,7 @@ class Target:
 
     name: str
     inputs: tuple[str, ...]
-    group: str  # cache group of its embeddings: the task's content key, or a hash of the file's inputs
+    group: str  # cache group of its embeddings (embedding_cache.task_group, or the target file's path)
     category: str | None = None
 
 
@@ -144,17 +146,16 @@ def task_targets(pool: Pool, names: list[str]) -> list[Target]:
             known = sorted({t for c in pool.collections for t in c.task_names()})
             raise ConfigError(f"unknown target task {name!r}", field="--target",
                               hint=suggest(name, known) or f"pick a task of {pool.description}")
-        inputs = tuple(coll.instances(name).column("input").to_pylist())
+        inputs = tuple(x for x in coll.instances(name).column("input").to_pylist() if x.strip())
         if not inputs:
-            raise DataError(f"target task {name!r} has no instances", path=coll.path, field="--target",
-                            hint="pick a task with instances, or describe it with --target-file FILE.jsonl")
-        targets.append(Target(name, inputs, coll.content_key(name), coll.info(name).category))
+            raise DataError(f"target task {name!r} has no instances with a non-empty input", path=coll.path,
+                            field="--target", hint="pick another task, or describe it with --target-file FILE.jsonl")
+        targets.append(Target(name, inputs, task_group(coll, name), coll.info(name).category))
     return targets
 
 
 def file_target(path: str | Path) -> Target:
     """A target described by a JSONL file of unlabeled inputs: one `{"input": "..."}` per line."""
-    from mixtune.tasks.cache import content_hash
 
     path = Path(path).expanduser()
     try:
@@ -180,4 +181,4 @@ def file_target(path: str | Path) -> Target:
     if not inputs:
         raise DataError("the target file has no instances", path=path, field="--target-file",
                         hint='add lines like {"input": "an example input of your task"}')
-    return Target(path.stem, tuple(inputs), "target-" + content_hash(*inputs))
+    return Target(path.stem, tuple(inputs), "target-" + content_hash(str(path.resolve())))

@@ -88,12 +88,13 @@ def select_for_targets(pool: Pool, targets: list[Target], method: str, k: int, *
             EmbeddingRequest,
             cached_embeddings,
             embeddings_dir,
+            task_group,
         )
         from mixtune.mixtures.task_select.encoder import SentenceEncoder
 
         encoder = encoder or SentenceEncoder()
         encoder_name = encoder.name
-        requests = ([EmbeddingRequest(c.collection.content_key(c.task), x) for c, x in zip(candidates, texts, strict=True)]
+        requests = ([EmbeddingRequest(task_group(c.collection, c.task), x) for c, x in zip(candidates, texts, strict=True)]
                     + [EmbeddingRequest(t.group, x) for t, x in zip(targets, target_texts, strict=True)])
         vectors, embedded = cached_embeddings(embeddings_dir(cache_root(cache_dir), encoder.key), requests,
                                               encoder.encode)
