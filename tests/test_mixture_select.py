@@ -296,3 +296,24 @@ def test_selected_mixture_trains(collections: dict, repo_root: Path, tmp_path: P
     chosen = set(yaml.safe_load(mixture.read_text())["sources"][0]["tasks"]["include"])
     assert info["global_steps"] == 2 and set(info["trained_task_counts"]) <= chosen
     assert sum(info["trained_task_counts"].values()) == info["trained_examples"] == 4
+
+
+def test_requests_sharing_a_group_keep_each_others_vectors(tmp_path: Path) -> None:
+    """A target that is also a candidate asks twice for one group (two samples): both samples stay cached."""
+    from mixtune.mixtures.task_select.embedding_cache import EmbeddingRequest, cached_embeddings
+
+    calls: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:  # a stand-in encoder: the cache's bookkeeping is under test
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+    requests = [EmbeddingRequest("g", ["a", "bb"]), EmbeddingRequest("g", ["bb", "ccc"]),
+                EmbeddingRequest("h", ["a"])]
+    vectors, embedded = cached_embeddings(tmp_path, requests, encode)
+    assert embedded == 3 and calls == [["a", "bb", "ccc"]]
+    assert [v[:, 0].tolist() for v in vectors] == [[1, 2], [2, 3], [1]]
+    again, embedded = cached_embeddings(tmp_path, requests, encode)
+    assert embedded == 0 and len(calls) == 1
+    assert all(np.array_equal(x, y) for x, y in zip(vectors, again, strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.arrow", "h.arrow"]

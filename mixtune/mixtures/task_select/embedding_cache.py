@@ -73,27 +73,31 @@ def cached_embeddings(folder: Path, requests: Sequence[EmbeddingRequest],
     so a cold run batches across tasks and shows one progress bar.
     """
     hashes = [[content_hash(t) for t in r.texts] for r in requests]
-    stored: list[dict[str, np.ndarray]] = []
+    stored: dict[str, dict[str, np.ndarray]] = {}  # group -> text hash -> vector (requests may share a group)
     missing: dict[str, str] = {}
     for r, hs in zip(requests, hashes, strict=True):
-        found = _read(folder / f"{r.group}.arrow")
-        have = dict(zip(found[0], found[1], strict=True)) if found is not None else {}
-        stored.append(have)
+        if r.group not in stored:
+            found = _read(folder / f"{r.group}.arrow")
+            stored[r.group] = dict(zip(found[0], found[1], strict=True)) if found is not None else {}
+        have = stored[r.group]
         for h, text in zip(hs, r.texts, strict=True):
             if h not in have:
                 missing.setdefault(h, text)
-    new: dict[str, np.ndarray] = {}
     if missing:
         keys = list(missing)
-        vectors = encode([missing[k] for k in keys])
-        new = dict(zip(keys, vectors, strict=True))
-        for r, hs, have in zip(requests, hashes, stored, strict=True):
-            added = [h for h in dict.fromkeys(hs) if h not in have]
-            if not added:
-                continue
-            have.update((h, new[h]) for h in added)
-            _write(folder / f"{r.group}.arrow", list(have), np.stack(list(have.values())))
+        new = dict(zip(keys, encode([missing[k] for k in keys]), strict=True))
+        changed: dict[str, None] = {}
+        for r, hs in zip(requests, hashes, strict=True):
+            have = stored[r.group]
+            for h in hs:
+                if h not in have:
+                    have[h] = new[h]
+                    changed[r.group] = None
+        for group in changed:
+            have = stored[group]
+            _write(folder / f"{group}.arrow", list(have), np.stack(list(have.values())))
     out = []
-    for hs, have in zip(hashes, stored, strict=True):
+    for r, hs in zip(requests, hashes, strict=True):
+        have = stored[r.group]
         out.append(np.stack([have[h] for h in hs]) if hs else np.zeros((0, 0), np.float32))
     return out, len(missing)
