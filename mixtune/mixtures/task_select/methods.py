@@ -9,6 +9,10 @@
   bag-of-n-grams model of the target and of the raw data (all candidates' instances); an instance's
   importance weight is log p_target(x) - log p_raw(x), and a task's score is the summed weight of its
   instances per n-gram they contain (the expected per-n-gram log ratio under the task's n-grams).
+  The raw model is add-one smoothed as in DSIR; the target model, estimated from a few dozen inputs,
+  is smoothed towards the raw model (Dirichlet prior with as much mass as the target's own n-grams):
+  with add-one smoothing every bucket that is rare in the raw data looked target-like, so tasks with
+  rare words ranked first (docs/selection.md gives both variants' precision).
 """
 
 from __future__ import annotations
@@ -67,8 +71,10 @@ def ngram_scores(candidates: Sequence[Sequence[str]], targets: Sequence[Sequence
                                     minlength=len(candidates)), 1.0)
     scores = np.zeros((len(candidates), len(targets)))
     for j, texts in enumerate(targets):
-        target = np.asarray(ngram_counts(texts).sum(axis=0)).ravel() + 1.0
-        log_ratio = np.log(target / target.sum()) - log_raw
+        target = np.asarray(ngram_counts(texts).sum(axis=0)).ravel()
+        # Dirichlet smoothing towards the raw model, prior mass = the target's n-gram count (see module doc)
+        prior = target.sum() * np.exp(log_raw)
+        log_ratio = np.log((target + prior) / (2 * target.sum())) - log_raw
         importance = counts @ log_ratio  # DSIR's log importance weight of each instance
         scores[:, j] = np.bincount(owner, weights=importance, minlength=len(candidates)) / ngrams
     return scores

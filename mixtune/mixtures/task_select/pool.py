@@ -111,10 +111,9 @@ def mixture_pool(mixture_path: str, *, overrides: tuple[str, ...] = (), collecti
             chosen = select_tasks(node, i, coll)
             for sel in chosen:
                 candidates.setdefault(sel.task, Candidate(sel.task, sel.info, coll))
-            data = source.model_dump(mode="json", exclude={"tasks"}, exclude_defaults=True)
-            data["name"] = _unique(source.name, used_names)
-            data.setdefault("type", source.type)
-            data.setdefault("path", source.path)
+            data = {"name": _unique(source.name, used_names), "type": source.type, "path": source.path,
+                    **source.model_dump(mode="json", exclude={"name", "type", "path", "tasks"},
+                                        exclude_defaults=True)}
             sources.append((data, [s.task for s in chosen]))
         held |= held_out_tasks(node, by_index)
     mixture: dict[str, Any] = {"seed": spec.seed}
