@@ -81,6 +81,12 @@ def main() -> None:
         return selection
 
     small = {"max_instances": args.real_instances, "target_instances": args.real_instances}
+    import shutil
+
+    from mixtune.mixtures.task_select.embedding_cache import embeddings_dir
+    from mixtune.tasks.cache import cache_root
+
+    shutil.rmtree(embeddings_dir(cache_root(), SentenceEncoder().key), ignore_errors=True)  # a cold start
     cold, sel = timed(lambda: select("semb", SentenceEncoder(progress=False), **small), repeat=1)
     rate = sel.embedded / cold
     warm, again = timed(lambda: select("semb", SentenceEncoder(progress=False), **small))
