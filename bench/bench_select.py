@@ -1,5 +1,7 @@
 """Benchmark `mixture select` on a synthetic 1,600-task SuperNI collection: cold embedding vs warm select.
 
+The collection's split files are removed, so all 1,600 tasks (but the target) are candidates.
+
 1. Real encoder, small sample: a cold select (`--real-instances` inputs per task, all embedded with the
    shipped MiniLM) and the same select warm (every vector from the cache), in process and as a
    `mixtune mixture select` process; gives the encoder's throughput (texts/s).
@@ -64,6 +66,10 @@ def main() -> None:
         start = time.perf_counter()
         write_synthetic_collection(collection, args.tasks, args.instances)
         print(f"wrote the synthetic collection in {time.perf_counter() - start:.1f} s", flush=True)
+    import shutil
+
+    # no held-out split: every one of the 1,600 tasks but the target is a candidate
+    shutil.rmtree(collection / "splits", ignore_errors=True)
     from mixtune.mixtures.task_select import collection_pool, mixture_yaml, select_for_targets, task_targets
     from mixtune.mixtures.task_select.encoder import SentenceEncoder
 
@@ -71,7 +77,7 @@ def main() -> None:
     pool = collection_pool(str(collection))
     print(f"opened {pool.description} in {time.perf_counter() - start:.1f} s (indexing when cold); "
           f"{len(pool.candidates)} candidates", flush=True)
-    target_name = sorted(pool.held_out & set(pool.collections[0].task_names()))[0]
+    target_name = pool.candidates[0].task
 
     def select(method: str, encoder=None, **kw):
         fresh = collection_pool(str(collection))  # what a new `mixture select` process does: open, select, write
@@ -81,8 +87,6 @@ def main() -> None:
         return selection
 
     small = {"max_instances": args.real_instances, "target_instances": args.real_instances}
-    import shutil
-
     from mixtune.mixtures.task_select.embedding_cache import embeddings_dir
     from mixtune.tasks.cache import cache_root
 

@@ -47,8 +47,11 @@ def main() -> None:
     from mixtune.mixtures.task_select.embedding_cache import task_group
 
     # named `loo:<task>` so the targets stay candidates of one another; each is left out of its own ranking
-    targets = [Target(f"loo:{c.task}", tuple(c.collection.instances(c.task).column("input").to_pylist()),
-                      task_group(c.collection, c.task), c.category) for c in eligible]
+    targets = []
+    for c in eligible:
+        inputs = c.collection.instances(c.task).column("input").to_pylist()
+        targets.append(Target(f"loo:{c.task}", tuple(inputs), tuple(range(len(inputs))),
+                              task_group(c.collection, c.task), c.collection.content_key(c.task), c.category))
     random = {k: np.mean([(categories[t.category] - 1) / (len(pool.candidates) - 1) for t in targets]) for k in KS}
     rows = {"random (expected)": random}
     for method in args.methods.split(","):

@@ -308,8 +308,10 @@ def test_requests_sharing_a_group_keep_each_others_vectors(tmp_path: Path) -> No
         calls.append(list(texts))
         return np.array([[len(t), 1.0] for t in texts], np.float32)
 
-    requests = [EmbeddingRequest("g", ["a", "bb"]), EmbeddingRequest("g", ["bb", "ccc"]),
-                EmbeddingRequest("h", ["a"])]
+    def request(group: str, rows: list[int], texts: list[str]) -> EmbeddingRequest:
+        return EmbeddingRequest(group, "v1", np.array(rows), lambda: texts)
+
+    requests = [request("g", [0, 1], ["a", "bb"]), request("g", [1, 2], ["bb", "ccc"]), request("h", [0], ["a"])]
     vectors, embedded = cached_embeddings(tmp_path, requests, encode)
     assert embedded == 3 and calls == [["a", "bb", "ccc"]]
     assert [v[:, 0].tolist() for v in vectors] == [[1, 2], [2, 3], [1]]
@@ -317,3 +319,7 @@ def test_requests_sharing_a_group_keep_each_others_vectors(tmp_path: Path) -> No
     assert embedded == 0 and len(calls) == 1
     assert all(np.array_equal(x, y) for x, y in zip(vectors, again, strict=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.arrow", "h.arrow"]
+    # the task changed (new content key) and row 1 now holds another text: only that text is embedded
+    changed, embedded = cached_embeddings(tmp_path, [EmbeddingRequest("g", "v2", np.array([0, 1]),
+                                                                      lambda: ["a", "dddd"])], encode)
+    assert embedded == 1 and calls[-1] == ["dddd"] and changed[0][:, 0].tolist() == [1, 4]

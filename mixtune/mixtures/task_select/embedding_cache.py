@@ -2,19 +2,21 @@
 
 Layout (under the collection's cache root, `<MIXTUNE_CACHE>/tasks/v1`)::
 
-    embeddings/<encoder key>/<group>.arrow     columns: key (content hash of the text), embedding
+    embeddings/<encoder key>/<group>.arrow     columns: key (hash of the text), row, embedding
 
 `<group>` names a task of a collection (a hash of the collection's type and path and the task name;
 for a target file, of the file's path), so a file holds the vectors of one task's instances. A
-vector is looked up by the hash of its text: a text is embedded once per encoder, whatever sample of
-the task asks for it, and an edited task re-embeds only its changed inputs. Files are written
-atomically.
+vector is keyed by the hash of its text: a text is embedded once per encoder, whatever sample of the
+task asks for it, and an edited task re-embeds only its changed inputs. The file also records the
+task's content key (schema metadata) and each vector's row in the task: while the content key is
+unchanged, a warm run finds its sample's vectors by row without reading or hashing any text. Files
+are written atomically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,54 @@ import pyarrow as pa
 from mixtune.io import atomic_write_bytes
 from mixtune.tasks.cache import content_hash
 
+_VERSION = b"mixtune.content_key"
+
 
 @dataclass
 class EmbeddingRequest:
-    """The texts of one group (a task's sampled inputs) whose vectors are wanted, in order."""
+    """The vectors wanted for some rows of one group: `texts()` gives their inputs (read only on a miss)."""
 
     group: str
-    texts: Sequence[str]
+    version: str  # the content key the rows refer to (a task's content key, a hash of a file's inputs)
+    rows: np.ndarray
+    texts: Callable[[], Sequence[str]]
+
+
+@dataclass
+class _Group:
+    version: str = ""
+    keys: list[str] = field(default_factory=list)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    vectors: np.ndarray | None = None
+    _by_key: dict[str, int] | None = None
+
+    def by_key(self) -> dict[str, int]:
+        if self._by_key is None:
+            self._by_key = {k: i for i, k in enumerate(self.keys)}
+        return self._by_key
+
+    def find_rows(self, version: str, rows: np.ndarray) -> np.ndarray | None:
+        """Positions of `rows` in this group, or None unless every row is there for `version`."""
+        if version != self.version or self.vectors is None or len(self.rows) == 0:
+            return None
+        order = np.argsort(self.rows, kind="stable")
+        ordered = self.rows[order]
+        pos = np.minimum(np.searchsorted(ordered, rows), len(ordered) - 1)
+        return order[pos] if np.array_equal(ordered[pos], rows) else None
+
+    def add(self, version: str, keys: list[str], rows: np.ndarray, vectors: np.ndarray) -> None:
+        if version != self.version:  # the task changed: its rows are stale, its texts' vectors are not
+            self.rows = np.full(len(self.rows), -1, np.int64)
+            self.version = version
+        index = self.by_key()
+        for key, row, vector in zip(keys, rows.tolist(), vectors, strict=True):
+            if key in index:
+                self.rows[index[key]] = row
+                continue
+            index[key] = len(self.keys)
+            self.keys.append(key)
+            self.rows = np.append(self.rows, row)
+            self.vectors = vector[None] if self.vectors is None else np.concatenate([self.vectors, vector[None]])
 
 
 def task_group(collection: object, task: str) -> str:
@@ -42,23 +85,25 @@ def embeddings_dir(cache_root: Path, encoder_key: str) -> Path:
     return Path(cache_root) / "embeddings" / encoder_key
 
 
-def _read(path: Path) -> tuple[list[str], np.ndarray] | None:
+def _read(path: Path) -> _Group:
     try:
         with pa.memory_map(str(path)) as source:
             table = pa.ipc.open_file(source).read_all()
-        keys = table.column("key").to_pylist()
         column = table.column("embedding").combine_chunks()
-        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(keys), column.type.list_size)
-        return keys, vectors
+        vectors = column.values.to_numpy().reshape(len(table), column.type.list_size)
+        version = (table.schema.metadata or {}).get(_VERSION, b"").decode()
+        return _Group(version, table.column("key").to_pylist(), table.column("row").to_numpy(), vectors)
     except (OSError, pa.ArrowInvalid, KeyError, ValueError):
-        return None  # missing or unreadable: recompute
+        return _Group()  # missing or unreadable: recompute
 
 
-def _write(path: Path, keys: list[str], vectors: np.ndarray) -> None:
-    dim = vectors.shape[1]
-    table = pa.table({"key": pa.array(keys, pa.string()),
+def _write(path: Path, group: _Group) -> None:
+    assert group.vectors is not None
+    dim = group.vectors.shape[1]
+    table = pa.table({"key": pa.array(group.keys, pa.string()), "row": pa.array(group.rows, pa.int64()),
                       "embedding": pa.FixedSizeListArray.from_arrays(
-                          pa.array(vectors.astype(np.float32).reshape(-1), pa.float32()), dim)})
+                          pa.array(group.vectors.astype(np.float32).reshape(-1), pa.float32()), dim)})
+    table = table.replace_schema_metadata({_VERSION: group.version.encode()})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -67,37 +112,40 @@ def _write(path: Path, keys: list[str], vectors: np.ndarray) -> None:
 
 def cached_embeddings(folder: Path, requests: Sequence[EmbeddingRequest],
                       encode: Callable[[list[str]], np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """The vectors of every request's texts (one array per request, in order) and how many were embedded.
+    """The vectors of every request's rows (one array per request, in order) and how many texts were embedded.
 
     `encode(texts) -> (n, d) array` is called at most once, on every missing text of every request,
     so a cold run batches across tasks and shows one progress bar.
     """
-    hashes = [[content_hash(t) for t in r.texts] for r in requests]
-    stored: dict[str, dict[str, np.ndarray]] = {}  # group -> text hash -> vector (requests may share a group)
+    groups: dict[str, _Group] = {}
+    out: list[np.ndarray | None] = [None] * len(requests)
+    pending: list[tuple[int, list[str], list[str]]] = []  # (request, texts, hashes) not found by row
+    for i, r in enumerate(requests):
+        group = groups.get(r.group)
+        if group is None:
+            group = groups[r.group] = _read(folder / f"{r.group}.arrow")
+        found = group.find_rows(r.version, np.asarray(r.rows, np.int64))
+        if found is not None:
+            out[i] = group.vectors[found]
+            continue
+        texts = list(r.texts())
+        pending.append((i, texts, [content_hash(t) for t in texts]))
     missing: dict[str, str] = {}
-    for r, hs in zip(requests, hashes, strict=True):
-        if r.group not in stored:
-            found = _read(folder / f"{r.group}.arrow")
-            stored[r.group] = dict(zip(found[0], found[1], strict=True)) if found is not None else {}
-        have = stored[r.group]
-        for h, text in zip(hs, r.texts, strict=True):
-            if h not in have:
+    for i, texts, hashes in pending:
+        index = groups[requests[i].group].by_key()
+        for h, text in zip(hashes, texts, strict=True):
+            if h not in index:
                 missing.setdefault(h, text)
-    if missing:
-        keys = list(missing)
-        new = dict(zip(keys, encode([missing[k] for k in keys]), strict=True))
-        changed: dict[str, None] = {}
-        for r, hs in zip(requests, hashes, strict=True):
-            have = stored[r.group]
-            for h in hs:
-                if h not in have:
-                    have[h] = new[h]
-                    changed[r.group] = None
-        for group in changed:
-            have = stored[group]
-            _write(folder / f"{group}.arrow", list(have), np.stack(list(have.values())))
-    out = []
-    for r, hs in zip(requests, hashes, strict=True):
-        have = stored[r.group]
-        out.append(np.stack([have[h] for h in hs]) if hs else np.zeros((0, 0), np.float32))
-    return out, len(missing)
+    new = dict(zip(missing, encode(list(missing.values())), strict=True)) if missing else {}
+    changed: dict[str, None] = {}
+    for i, _, hashes in pending:
+        r = requests[i]
+        group = groups[r.group]
+        index = group.by_key()
+        vectors = np.stack([new[h] if h in new else group.vectors[index[h]] for h in hashes])
+        group.add(r.version, hashes, np.asarray(r.rows, np.int64), vectors)
+        out[i] = vectors
+        changed[r.group] = None
+    for name in changed:
+        _write(folder / f"{name}.arrow", groups[name])
+    return [v if v is not None else np.zeros((0, 0), np.float32) for v in out], len(missing)

@@ -40,7 +40,7 @@ def retrieval_scores(candidates: Sequence[np.ndarray], targets: Sequence[np.ndar
                      neighbors: int = 10) -> np.ndarray:
     """(candidates × targets) share of the target instances' nearest-neighbour votes."""
     owner = np.repeat(np.arange(len(candidates)), [len(e) for e in candidates])
-    bank = np.concatenate(candidates).astype(np.float32)
+    bank = np.concatenate(candidates, dtype=np.float32)
     k = min(neighbors, len(bank))
     scores = np.zeros((len(candidates), len(targets)))
     for j, queries in enumerate(targets):

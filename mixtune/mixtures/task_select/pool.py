@@ -42,7 +42,9 @@ class Target:
 
     name: str
     inputs: tuple[str, ...]
+    rows: tuple[int, ...]  # where each input comes from: its row in the task, or its number in the file
     group: str  # cache group of its embeddings (embedding_cache.task_group, or the target file's path)
+    version: str  # the task's content key, or a hash of the file's inputs
     category: str | None = None
 
 
@@ -145,11 +147,12 @@ def task_targets(pool: Pool, names: list[str]) -> list[Target]:
             known = sorted({t for c in pool.collections for t in c.task_names()})
             raise ConfigError(f"unknown target task {name!r}", field="--target",
                               hint=suggest(name, known) or f"pick a task of {pool.description}")
-        inputs = tuple(x for x in coll.instances(name).column("input").to_pylist() if x.strip())
-        if not inputs:
+        rows = [(i, x) for i, x in enumerate(coll.instances(name).column("input").to_pylist()) if x.strip()]
+        if not rows:
             raise DataError(f"target task {name!r} has no instances with a non-empty input", path=coll.path,
                             field="--target", hint="pick another task, or describe it with --target-file FILE.jsonl")
-        targets.append(Target(name, inputs, task_group(coll, name), coll.info(name).category))
+        targets.append(Target(name, tuple(x for _, x in rows), tuple(i for i, _ in rows), task_group(coll, name),
+                              coll.content_key(name), coll.info(name).category))
     return targets
 
 
@@ -180,4 +183,5 @@ def file_target(path: str | Path) -> Target:
     if not inputs:
         raise DataError("the target file has no instances", path=path, field="--target-file",
                         hint='add lines like {"input": "an example input of your task"}')
-    return Target(path.stem, tuple(inputs), "target-" + content_hash(str(path.resolve())))
+    return Target(path.stem, tuple(inputs), tuple(range(len(inputs))), "target-" + content_hash(str(path.resolve())),
+                  content_hash(*inputs))

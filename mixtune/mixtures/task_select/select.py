@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from mixtune.errors import ConfigError
 from mixtune.mixtures.sampler import capped_pool
@@ -47,11 +49,6 @@ class Selection:
         return self.order[:self.k]
 
 
-def sample_inputs(inputs: list[str], cap: int, name: str) -> list[str]:
-    """At most `cap` of a task's inputs: a seeded subset (the mixture sampler's capped pool), in file order."""
-    return [inputs[i] for i in capped_pool(len(inputs), cap, SAMPLE_SEED, name).tolist()]
-
-
 def select_for_targets(pool: Pool, targets: list[Target], method: str, k: int, *, max_instances: int = 100,
                        target_instances: int = 32, neighbors: int = 10, encoder=None,
                        cache_dir: str | Path | None = None) -> Selection:
@@ -65,24 +62,28 @@ def select_for_targets(pool: Pool, targets: list[Target], method: str, k: int, *
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}", field="--method", hint=f"use one of {', '.join(METHODS)}")
     names = {t.name for t in targets}
-    candidates, texts = [], []
+    candidates, rows = [], []
     for c in pool.candidates:
         if c.task in names:
             continue
-        table = c.collection.instances(c.task)
-        if table.num_rows == 0:
+        n = c.info.num_instances or c.collection.instances(c.task).num_rows
+        if n == 0:
             log.info("candidate %s has no instances; left out", c.task)
             continue
-        rows = capped_pool(table.num_rows, max_instances, SAMPLE_SEED, c.task)
         candidates.append(c)
-        texts.append(table.column("input").take(rows).to_pylist())
+        rows.append(capped_pool(n, max_instances, SAMPLE_SEED, c.task))
     if k > len(candidates):
         raise ConfigError(f"--k {k} is larger than the {len(candidates)} candidate tasks of {pool.description}",
                           field="--k", hint=f"use --k {len(candidates)} or fewer, or a larger collection")
-    target_texts = [sample_inputs(list(t.inputs), target_instances, t.name) for t in targets]
+
+    def texts(c: Candidate, r: np.ndarray) -> Callable[[], list[str]]:
+        return lambda: c.collection.instances(c.task).column("input").take(pa.array(r)).to_pylist()
+
+    target_rows = [capped_pool(len(t.inputs), target_instances, SAMPLE_SEED, t.name) for t in targets]
+    target_texts = [[t.inputs[i] for i in r.tolist()] for t, r in zip(targets, target_rows, strict=True)]
     embedded, encoder_name = 0, None
     if method == "ngram":
-        scores = methods.ngram_scores(texts, target_texts)
+        scores = methods.ngram_scores([texts(c, r)() for c, r in zip(candidates, rows, strict=True)], target_texts)
     else:
         from mixtune.mixtures.task_select.embedding_cache import (
             EmbeddingRequest,
@@ -94,8 +95,10 @@ def select_for_targets(pool: Pool, targets: list[Target], method: str, k: int, *
 
         encoder = encoder or SentenceEncoder()
         encoder_name = encoder.name
-        requests = ([EmbeddingRequest(task_group(c.collection, c.task), x) for c, x in zip(candidates, texts, strict=True)]
-                    + [EmbeddingRequest(t.group, x) for t, x in zip(targets, target_texts, strict=True)])
+        requests = [EmbeddingRequest(task_group(c.collection, c.task), c.collection.content_key(c.task), r,
+                                     texts(c, r)) for c, r in zip(candidates, rows, strict=True)]
+        requests += [EmbeddingRequest(t.group, t.version, np.asarray(t.rows, np.int64)[r], lambda x=x: x)
+                     for t, r, x in zip(targets, target_rows, target_texts, strict=True)]
         vectors, embedded = cached_embeddings(embeddings_dir(cache_root(cache_dir), encoder.key), requests,
                                               encoder.encode)
         cand, targ = vectors[:len(candidates)], vectors[len(candidates):]
