@@ -92,7 +92,9 @@ def _read(path: Path) -> _Group:
         column = table.column("embedding").combine_chunks()
         vectors = column.values.to_numpy().reshape(len(table), column.type.list_size)
         version = (table.schema.metadata or {}).get(_VERSION, b"").decode()
-        return _Group(version, table.column("key").to_pylist(), table.column("row").to_numpy(), vectors)
+        rows = (table.column("row").to_numpy() if "row" in table.column_names  # files without rows: by key only
+                else np.full(len(table), -1, np.int64))
+        return _Group(version, table.column("key").to_pylist(), rows, vectors)
     except (OSError, pa.ArrowInvalid, KeyError, ValueError):
         return _Group()  # missing or unreadable: recompute
 
