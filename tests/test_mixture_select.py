@@ -319,7 +319,13 @@ def test_requests_sharing_a_group_keep_each_others_vectors(tmp_path: Path) -> No
     assert embedded == 0 and len(calls) == 1
     assert all(np.array_equal(x, y) for x, y in zip(vectors, again, strict=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.arrow", "h.arrow"]
+    # a cached text asked for at another row (a larger sample): no embedding, and found by row next time
+    calls.clear()
+    moved = [request("g", [7], ["ccc"])]
+    assert cached_embeddings(tmp_path, moved, encode)[1] == 0
+    moved[0].texts = lambda: pytest.fail("a warm request by row must not read its texts")
+    assert cached_embeddings(tmp_path, moved, encode)[0][0][:, 0].tolist() == [3] and calls == []
     # the task changed (new content key) and row 1 now holds another text: only that text is embedded
     changed, embedded = cached_embeddings(tmp_path, [EmbeddingRequest("g", "v2", np.array([0, 1]),
                                                                       lambda: ["a", "dddd"])], encode)
-    assert embedded == 1 and calls[-1] == ["dddd"] and changed[0][:, 0].tolist() == [1, 4]
+    assert embedded == 1 and calls == [["dddd"]] and changed[0][:, 0].tolist() == [1, 4]

@@ -61,6 +61,7 @@ class _Group:
         return order[pos] if np.array_equal(ordered[pos], rows) else None
 
     def add(self, version: str, keys: list[str], rows: np.ndarray, vectors: np.ndarray) -> None:
+        self.rows = np.array(self.rows, np.int64)  # a writable copy (a read file's rows are memory-mapped)
         if version != self.version:  # the task changed: its rows are stale, its texts' vectors are not
             self.rows = np.full(len(self.rows), -1, np.int64)
             self.version = version
