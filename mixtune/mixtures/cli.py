@@ -1,4 +1,4 @@
-"""`mixtune mixture show|build`: inspect a mixture YAML, or write its examples as a dataset."""
+"""`mixtune mixture show|build|decontaminate|select`: inspect a mixture YAML, or write its examples as a dataset."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from mixtune.mixtures.decontaminate import add_subcommand
 
     add_subcommand(sub)  # `mixture decontaminate` (mixtune/mixtures/decontaminate.py)
+    from mixtune.mixtures.task_select.cli import add_subcommand as add_select
+
+    add_select(sub)  # `mixture select` (mixtune/mixtures/task_select/)
 
 
 def _plan(args: argparse.Namespace):

