@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mixtune import __version__
-from mixtune.errors import MixtuneError
+from mixtune.errors import MixtuneError, clip
 
 SUBCOMMAND_MODULES = (
     "mixtune.mixtures.cli",
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
     except MixtuneError as e:
-        print(f"mixtune: error: {e}", file=sys.stderr)
+        print(f"mixtune: error: {clip(str(e), 2000)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -34,7 +34,7 @@ from mixtune.train.callbacks import (
     StaleCheckpointCallback,
     TextLogCallback,
 )
-from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
+from mixtune.train.data import PositionStream, StreamCollator, global_batch_size, position_limit
 from mixtune.train.deepspeed import zero_stage
 from mixtune.train.output_dir import check_output_dir, hold
 
@@ -131,8 +131,11 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     if kind != kind_hint:
         args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
     collate = build_collator(recipe, model, tokenizer, kind)
+    limit, length_field = position_limit(model), _length_field(kind)
+    _check_length(recipe, limit, length_field)
     collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
-                              order_log=order_log, rank=args.process_index)
+                              order_log=order_log, rank=args.process_index, max_positions=limit,
+                              length_field=length_field)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
                            global_batch=g_batch, world=world, stop_position=stream.stop, schedule=schedule)
@@ -327,6 +330,19 @@ def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_st
     if recipe.training.on_nan == "stop":
         callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
     return callbacks
+
+
+def _length_field(kind: str) -> str:
+    """The recipe field that bounds a model input's length."""
+    return "data.max_source_length" if kind == "seq2seq" else "data.max_length"
+
+
+def _check_length(recipe: Recipe, limit: int | None, field: str) -> None:
+    """Refuse a length setting beyond the model's `max_position_embeddings`."""
+    value = getattr(recipe.data, field.split(".")[1])
+    if limit is not None and value is not None and value > limit:
+        raise ConfigError(f"{value} is longer than the model's max_position_embeddings ({limit})",
+                          path=recipe.source, field=field, hint=f"set {field} to at most {limit}")
 
 
 def _kind_from_config(recipe: Recipe) -> str:
