@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -69,7 +70,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = True) -> Iterator[Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".partial", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder ordinary permissions
     try:
         yield tmp
@@ -101,3 +102,34 @@ def safetensors_write_errors(path: str | Path) -> Iterator[None]:
         if "IoError" in text:
             raise OSError(errno.EIO, f"cannot write ({text.splitlines()[0][:200]})", str(path)) from None
         raise
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove what a killed writer of `path` left beside it: `.NAME.PID.*.staging` / `.partial` folders and
+    `.NAME.old-PID` (the previous output, moved aside for the swap). A leftover whose process is still
+    alive on this machine is kept; one without a pid (older versions) is removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-(\d+)|(?:(\d+)\.)?[^/]*\.(?:staging|partial))$")
+    for entry in path.parent.iterdir():
+        m = pattern.match(entry.name)
+        if not m:
+            continue
+        pid = m.group(1) or m.group(2)
+        if pid is not None and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

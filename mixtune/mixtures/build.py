@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mixtune.io import atomic_directory, atomic_write_json
+from mixtune.io import atomic_directory, atomic_write_json, remove_leftovers
 from mixtune.mixtures.plan import MixturePlan
 
 MANIFEST = "mixture_manifest.json"
@@ -39,7 +39,8 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    remove_leftovers(out_dir)  # of an earlier build of out_dir that was killed
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".staging", dir=out_dir.parent))
     try:
         arrow_file = staging / "examples.arrow"
         with pa.OSFile(str(arrow_file), "wb") as sink, pa.ipc.new_stream(sink, ARROW_SCHEMA) as writer:
