@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from mixtune import __version__
 from mixtune.errors import MixtuneError, clip
+from mixtune.secrets import install_log_redaction, redact_text
 
 SUBCOMMAND_MODULES = (
     "mixtune.mixtures.cli",
@@ -54,10 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # the console too, not only train.log
     try:
         result = args.func(args)
     except MixtuneError as e:
-        print(f"mixtune: error: {clip(str(e), 2000)}", file=sys.stderr)
+        print(f"mixtune: error: {redact_text(clip(str(e), 2000))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -182,14 +182,22 @@ def _start_wandb(recipe: Recipe, run_name: str | None) -> None:
     """Open this run's wandb run under output_dir/wandb (the Trainer's callback then logs to it).
 
     Opened here rather than by the callback because wandb reads WANDB_DIR only once per process: a
-    second run in the same process would otherwise write into the first run's folder.
+    second run in the same process would otherwise write into the first run's folder. The run name
+    (`run_name`, from the training arguments) is already redacted.
     """
+    import sys
+
     import wandb
 
     from mixtune.secrets import redact
 
-    wandb.init(project=recipe.logging.project, name=run_name, dir=recipe.output_dir,
-               mode=recipe.logging.wandb, config={"recipe": redact(recipe_dict(recipe))}, reinit="finish_previous")
+    argv = sys.argv
+    sys.argv = redact(list(argv))  # wandb records the command line (sys.argv) in its run metadata
+    try:
+        wandb.init(project=recipe.logging.project, name=run_name, dir=recipe.output_dir, mode=recipe.logging.wandb,
+                   config={"recipe": redact(recipe_dict(recipe))}, reinit="finish_previous")
+    finally:
+        sys.argv = argv
 
 
 def _finish_wandb() -> None:
@@ -437,10 +445,12 @@ _FILE_LOG: list[logging.Handler] = []  # the text-log handler of the run in prog
 
 
 def _attach_file_log(path: Path) -> None:
-    """Send mixtune's and transformers' log records to the run's text log (main process)."""
-    from mixtune.secrets import RedactingFilter
+    """Send mixtune's and transformers' log records to the run's text log (main process); transformers'
+    own console handler gets the redacting filter too."""
+    from mixtune.secrets import RedactingFilter, install_log_redaction
 
     _detach_file_log()
+    install_log_redaction(_transformers_logger())
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.recipe import Recipe
+from mixtune.secrets import redact_text
 from mixtune.train.deepspeed import deepspeed_config, from_launcher_env
 
 
@@ -59,7 +60,7 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         logging_nan_inf_filter=t.on_nan != "stop",
         report_to=report_to,
         project=lg.project,
-        run_name=lg.run_name or _default_run_name(recipe),
+        run_name=redact_text(lg.run_name or _default_run_name(recipe)),  # kept in training_args.bin, wandb
         disable_tqdm=not lg.progress_bar,
         ignore_data_skip=True,
         remove_unused_columns=False,
