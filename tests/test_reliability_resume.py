@@ -239,3 +239,27 @@ def test_resume_with_dropout_is_bit_exact(tmp_path: Path, recipe: str, extra: li
     _ok(_train(recipe, f"output_dir={resumed}", *args, processes=processes))
     assert _run_info(resumed)["resumed_from"] == str(resumed / "checkpoint-3")
     _assert_same_weights(resumed / "final", straight / "final")
+
+
+# -- 8. a changed schedule on resume ---------------------------------------------------------------------------
+
+def test_raising_max_steps_on_resume_warns_with_both_schedules_and_keeps_training(tmp_path: Path) -> None:
+    """A linear schedule ends at lr 0.0 at step 4. Before the fix, resuming with max_steps=8 said nothing
+    and step 5 ran at lr 0.0 (the optimizer's saved value): checkpoint-5 equalled checkpoint-4."""
+    out = tmp_path / "run"
+    base = [f"output_dir={out}", *FAST, "training.lr_scheduler=linear", "training.save_total_limit=null"]
+    _ok(_train(CAUSAL, *base, "training.max_steps=4", "training.save_steps=1"))
+    longer = _ok(_train(CAUSAL, *base, "training.max_steps=8", "training.save_steps=1"))
+    warning = next(line for line in longer.stderr.splitlines() if "learning-rate schedule changed" in line)
+    assert "max_steps 4 -> 8" in warning and "max_steps=4" in warning and "max_steps=8" in warning
+    assert "WARNING the learning-rate schedule changed" in (out / "train.log").read_text()
+    changed = [n for n, t in _weights(out / "checkpoint-5").items()
+               if not torch.equal(t, _weights(out / "checkpoint-4")[n])]
+    assert changed, "step 5 did not change the weights (it ran at learning rate 0)"
+
+    shutil.rmtree(out / "final")  # no final/: the checkpoint past max_steps cannot be finished
+    shorter = _train(CAUSAL, *base, "training.max_steps=6")
+    assert shorter.returncode == 2
+    last = shorter.stderr.strip().splitlines()[-1]
+    assert "checkpoint-8 is already at step 8, past this run's 6 steps" in last
+    assert "resume=never" in last and "raise training.max_steps" not in last
