@@ -120,7 +120,10 @@ def remove_leftovers(path: str | Path) -> list[Path]:
         pid = m.group(1) or m.group(2)
         if pid is not None and int(pid) != os.getpid() and _alive(int(pid)):
             continue
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
 

@@ -405,7 +405,7 @@ def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, A
     Every process takes part (gathering ZeRO-3 shards is collective); the main process fills a
     temporary folder and renames it into place, so `final/` is either complete or absent.
     """
-    from mixtune.io import atomic_write_json
+    from mixtune.io import atomic_write_json, safetensors_write_errors
     from mixtune.secrets import redact
 
     final = output_dir / FINAL
@@ -423,7 +423,8 @@ def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, A
             info["lora"]["note"] = "ZeRO-3 training: only the adapter is saved; merge it with peft after loading"
         elif is_main:
             merged = model.merge_and_unload()
-            merged.save_pretrained(str(tmp), safe_serialization=True)
+            with safetensors_write_errors(tmp / "model.safetensors"):
+                merged.save_pretrained(str(tmp), safe_serialization=True)
             info["lora"]["merged"] = True
     else:
         trainer.save_model(str(tmp))
