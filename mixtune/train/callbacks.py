@@ -11,7 +11,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mixtune.errors import MixtuneError
-from mixtune.train.checkpoint import StreamState, mark_complete, rotate
+from mixtune.train.checkpoint import StreamState, delete_checkpoint, mark_complete, rotate
 from mixtune.train.data import stream_position
 
 
@@ -107,9 +107,7 @@ class StaleCheckpointCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
+            delete_checkpoint(folder)  # renamed out of the checkpoint namespace first
         _barrier()
 
 
