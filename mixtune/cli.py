@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 from mixtune import __version__
-from mixtune.errors import MixtuneError
+from mixtune.errors import MixtuneError, clip
+from mixtune.secrets import install_log_redaction, redact_text
 
 SUBCOMMAND_MODULES = (
     "mixtune.mixtures.cli",
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mixtune {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--reindex", action="store_true",
+                        help="read every task file again instead of trusting the task cache (which re-reads a "
+                        "file only when its size or modification time changed)")
     # `deepspeed --module mixtune ...` passes --local_rank=N before the subcommand (LOCAL_RANK is in the env)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,15 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.reindex:
+        os.environ["MIXTUNE_REINDEX"] = "1"  # also reaches the processes a launcher starts from here
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # the console too, not only train.log
     try:
         result = args.func(args)
     except MixtuneError as e:
         if not getattr(e, "quiet", False):  # a copy of another process's error (mixtune.eval.collective)
-            print(f"mixtune: error: {e}", file=sys.stderr)
+            print(f"mixtune: error: {redact_text(clip(str(e), 2000))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mixtune.errors import ConfigError
+from mixtune.errors import ConfigError, clip
+from mixtune.limits import yaml_load
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,7 +42,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text ({e.reason})", path=path) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -65,7 +66,7 @@ def _check_no_lone_surrogates(node: Any, path: Path) -> None:
         try:
             node.encode("utf-8")
         except UnicodeEncodeError:
-            raise ConfigError(f"the string {node!r} holds an unpaired UTF-16 surrogate escape, which is not text",
+            raise ConfigError(f"the string {clip(repr(node))} holds an unpaired UTF-16 surrogate escape, which is not text",
                               path=path, hint="fix or remove the broken \\u escape") from None
     elif isinstance(node, dict):
         for key, value in node.items():
@@ -132,7 +133,7 @@ def validate(model: type[M], data: Any, path: str | Path | None = None, override
             raise ConfigError("unknown key", path=where, field=field, hint=hint) from None
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] not in ("missing",) and "input" in err:
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {clip(repr(err['input']))})"
         raise ConfigError(msg, path=where, field=field or None) from None
 
 
@@ -164,7 +165,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise ConfigError(f"override {text!r} has an empty key", hint="e.g. training.learning_rate=1e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     # YAML 1.1 reads 1e-4 as a string; accept it as the float a user means.

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: The most characters of a user's value an error message shows (a huge or alias-expanded value is cut).
+MAX_ECHO = 200
+
+
+def clip(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class MixtuneError(Exception):
     """Base class of the errors mixtune reports to a user (the CLI prints them without a traceback)."""

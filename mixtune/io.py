@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -84,6 +85,23 @@ def atomic_directory(path: str | Path, *, overwrite: bool = True) -> Iterator[Pa
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def safetensors_write_errors(path: str | Path) -> Iterator[None]:
+    """Re-raise safetensors' I/O failure while writing `path` (a SafetensorError, not an OSError: a full
+    disk would otherwise end in a traceback) as the OSError it wraps, naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        text = str(e)
+        if "code: 28" in text or "StorageFull" in text or "No space left" in text:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        if "IoError" in text:
+            raise OSError(errno.EIO, f"cannot write ({text.splitlines()[0][:200]})", str(path)) from None
         raise
 
 

@@ -87,7 +87,8 @@ class TrainingSection(StrictModel):
     seed: int = Field(42, description="Seed of model initialisation (config-built models), dropout and the trainer.")
     save_steps: int = Field(500, ge=1, description="Write a checkpoint every N optimizer steps.")
     save_total_limit: int | None = Field(
-        3, ge=1, description="Keep at most this many checkpoints (oldest deleted first); null keeps all.")
+        3, ge=1, description="Keep at most this many complete checkpoints (oldest deleted first, only once the "
+        "newest is marked complete; the best held-out one is kept besides); null keeps all.")
     logging_steps: int = Field(10, ge=1, description="Log loss, learning rate and throughput every N steps.")
     on_nan: Literal["stop", "skip"] = Field(
         "stop", description="A step whose loss or gradients are NaN/inf: 'stop' ends the run with an error "
@@ -153,7 +154,15 @@ class Recipe(StrictModel):
     output_dir: str = Field(description="Folder for checkpoints, logs and the final model (output_dir/final).")
     resume: str = Field(
         "auto", description="auto: continue from the latest complete checkpoint in output_dir (or start fresh); "
-        "never: start fresh (existing checkpoints are left but not used); or a path to a checkpoint folder.")
+        "a finished run (its final/ there) is left as it is; never: start over (the earlier run's checkpoints are "
+        "deleted, its final/ replaced at the end); or a path to a checkpoint folder.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("output_dir is empty: name a folder for checkpoints, logs and the final model")
+        return value
 
     #: path of the recipe file (set by load_recipe); not a YAML key
     _source: str | None = PrivateAttr(None)

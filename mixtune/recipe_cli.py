@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.errors import ConfigError, MixtuneError
+from mixtune.limits import json_loads
 
 #: model.attn_implementation values that take no 4D attention mask (packing needs one)
 _FLASH = re.compile(r"^flash_attention")
@@ -133,7 +133,7 @@ def _config_class(model_type: str) -> Any:
 
 def _kind_of_folder(folder: Path) -> str | None:
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = json_loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return "seq2seq" if config.get("is_encoder_decoder") else "causal"

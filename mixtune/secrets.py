@@ -1,12 +1,18 @@
 """Keep secrets (wandb key, hub token, passwords) out of logs, `mixtune_run.json` and reports.
 
 Secrets come only from the environment. Anything mixtune writes or logs goes through `redact`
-(structured data) or the `RedactingFilter` (log records): values of secret-looking keys become
-`***`, and so does any occurrence of a secret environment variable's value inside a string.
+(structured data) or the `RedactingFilter` (log records, on the console and in `train.log`): values of
+secret-looking keys become `***`, and so do a secret environment variable's value inside a string
+and known token shapes (Hugging Face, OpenAI, GitHub, AWS, Slack). Only values that look like secrets
+are searched for in text: at least 8 characters, and not a single plain word under 16 letters
+(`OPENAI_API_KEY=Question` must not turn "Question Rewriting" into "*** Rewriting"); such a value is
+still masked under its own key. A value under 16 characters is masked only as a whole token (not
+inside a longer word); a longer one wherever it occurs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -25,9 +31,16 @@ _NOT_SECRET = re.compile(
     r"^((PAD|EOS|BOS|UNK|SEP|CLS|MASK|DECODER_START|START|END|EOT|IMAGE|AUDIO|VIDEO|BOI|EOI)_TOKEN"
     r"|ADD_(BOS|EOS)_TOKEN|ADDITIONAL_SPECIAL_TOKENS|SORT_KEY|PRIMARY_KEY)$"
 )
-# Hugging Face user access tokens, wherever they appear.
-_TOKEN_PATTERNS = (re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),)
-_MIN_SECRET_LEN = 6  # shorter env values ("1", "true") would mask ordinary text
+# Known token shapes, wherever they appear: Hugging Face, OpenAI, GitHub, AWS access key ids, Slack.
+_TOKEN_PATTERNS = (
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),
+    re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{20,}"),
+    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})\b"),
+    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+)
+_MIN_SECRET_LEN = 8  # shorter env values ("1", "true", "offline") would mask ordinary text
+_PLAIN_WORD_LEN = 16  # a single word of letters shorter than this is not searched for in text
 
 
 def is_secret_name(name: str) -> bool:
@@ -36,18 +49,34 @@ def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(upper)) and not _NOT_SECRET.match(upper)
 
 
+def _searchable(value: str) -> bool:
+    """Whether a secret value is distinctive enough to be searched for in free text."""
+    value = value.strip()
+    return len(value) >= _MIN_SECRET_LEN and (len(value) >= _PLAIN_WORD_LEN or not value.isalpha())
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values of the secret environment variables, longest first."""
+    """Values of the secret environment variables that are searched for in text, longest first."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if is_secret_name(k) and isinstance(v, str) and len(v) >= _MIN_SECRET_LEN}
+    values = {v.strip() for k, v in env.items() if is_secret_name(k) and isinstance(v, str) and _searchable(v)}
     return sorted(values, key=len, reverse=True)
 
 
+@functools.lru_cache(maxsize=8)
+def _occurrences(values: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern matching any of `values` (longest first): a short one only where it is not part of a
+    longer word."""
+    def one(v: str) -> str:
+        return re.escape(v) if len(v) >= _PLAIN_WORD_LEN else rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])"
+
+    return re.compile("|".join(one(v) for v in values))
+
+
 def redact_text(text: str, values: list[str] | None = None) -> str:
-    """`text` with every secret environment value and every hub token replaced by `***`."""
-    for value in secret_values() if values is None else values:
-        if value in text:
-            text = text.replace(value, MASK)
+    """`text` with every secret environment value and every known token shape replaced by `***`."""
+    values = secret_values() if values is None else values
+    if values and any(v in text for v in values):
+        text = _occurrences(tuple(values)).sub(MASK, text)
     for pattern in _TOKEN_PATTERNS:
         text = pattern.sub(MASK, text)
     return text

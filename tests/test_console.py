@@ -81,3 +81,10 @@ def test_quickstart_shows_progress_throughout_and_ends_with_the_report(repo_root
     assert "before training [def_pos2]" in tail and "copy_demo (baseline)" in tail
     report = out / "heldout_eval" / "step-2" / "report.md"
     assert f"report: {report}" in tail and report.is_file()
+
+    # running the same command again is not an error: it says where the model and the report are
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = again.stdout + again.stderr
+    assert "already holds this finished run" in said and str(report) in said

@@ -106,3 +106,47 @@ def test_filter_on_root_handler_covers_child_loggers(secret_env: None) -> None:
         root.setLevel(old)
     assert HF not in stream.getvalue() and MASK in stream.getvalue()
     assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+
+
+@pytest.mark.parametrize("value", ["Question", "Rewriting", "offline", "true"])
+def test_a_plain_word_as_a_secret_value_leaves_text_alone(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """Before: OPENAI_API_KEY=Question rewrote metrics and reports to '*** Rewriting'."""
+    monkeypatch.setenv("OPENAI_API_KEY", value)
+    text = "Question Rewriting: Questions, rewriting offline = true"
+    assert redact_text(text) == text
+    assert redact({"category": "Question Rewriting", "OPENAI_API_KEY": value}) == {
+        "category": "Question Rewriting", "OPENAI_API_KEY": MASK}  # still masked under its own key
+
+
+def test_short_secret_values_match_whole_tokens_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_PASSWORD", "s3cret-pw")  # 9 characters, not a plain word
+    assert redact_text("login s3cret-pw, url=https://u:s3cret-pw@host") == "login ***, url=https://u:***@host"
+    assert redact_text("xs3cret-pwy and s3cret-pw2") == "xs3cret-pwy and s3cret-pw2"
+
+
+@pytest.mark.parametrize("token", ["sk-proj-abcdefghijklmnopqrstuvwxyz012345", "ghp_" + "a1" * 18,
+                                   "AKIAIOSFODNN7EXAMPLE", "xoxb-1234567890-abcdefghij"])
+def test_known_token_shapes_are_masked_without_an_environment_variable(token: str) -> None:
+    assert redact_text(f"key {token} leaked") == f"key {MASK} leaked"
+
+
+def test_console_log_is_redacted(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`mixtune` sets up console logging with the redacting filter (before: only train.log was filtered)."""
+    from mixtune.cli import main
+
+    monkeypatch.setenv("WANDB_API_KEY", WANDB)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        for handler in before:
+            root.removeHandler(handler)
+        capsys.readouterr()
+        main(["recipe", "check", "/nonexistent.yaml"])
+        logging.getLogger("mixtune.test").warning("the key is %s", WANDB)
+        err = capsys.readouterr().err
+        assert f"the key is {MASK}" in err and WANDB not in err
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in before:
+            root.addHandler(handler)

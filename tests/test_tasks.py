@@ -270,3 +270,34 @@ def test_instances_without_ids_get_task_numbered_ids(tmp_path: Path) -> None:
     assert c.instances("t1").column("id").to_pylist() == ["t1-0", "own", "t1-2"]
     assert c.info("t1").definition == "Say it." and c.info("t1").category == "Uncategorized"
     assert c.instance("t1", 1).output == ("y", "z")
+
+
+def test_an_edit_that_keeps_size_and_mtime_needs_reindex(tmp_path: Path, bundled_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache's documented stat-only rule: same size and mtime -> not read again; `--reindex` reads it."""
+    from mixtune.cli import main
+
+    coll = _copy_sample(bundled_dir, tmp_path / "coll", [TASK])
+    cache_dir = tmp_path / "cache"
+    path = coll / "tasks" / f"{TASK}.json"
+    os.utime(path, ns=(int(OLD * 1e9), int(OLD * 1e9)))
+    SuperNICollection(coll, cache_dir)
+    raw = path.read_bytes()
+    output = json.loads(raw)["Instances"][0]["output"][0]
+    edited = output[:-1] + ("X" if output[-1] != "X" else "Y")  # same length, same file size
+    stat = path.stat()
+    at = raw.index(b'"Instances"')
+    path.write_bytes(raw[:at] + raw[at:].replace(json.dumps(output).encode(), json.dumps(edited).encode(), 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.read_bytes() != raw
+    stale = SuperNICollection(coll, cache_dir)
+    assert stale.index_stats["checked"] == 0 and stale.instance(TASK, 0).output == (output,)
+    monkeypatch.setenv("MIXTUNE_REINDEX", "1")  # what `mixtune --reindex` sets
+    fresh = SuperNICollection(coll, cache_dir)
+    assert fresh.index_stats["checked"] == 1 and fresh.instance(TASK, 0).output == (edited,)
+    monkeypatch.delenv("MIXTUNE_REINDEX")
+    monkeypatch.setenv("MIXTUNE_CACHE", str(cache_dir))
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(f"name: m\ntotal_examples: 4\nheld_out: {{allow: true}}\nsources:\n  - {{name: s, path: {coll}}}\n")
+    assert main(["--reindex", "mixture", "show", str(mixture)]) == 0
+    assert os.environ.pop("MIXTUNE_REINDEX") == "1"

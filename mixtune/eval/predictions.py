@@ -15,6 +15,7 @@ from typing import Any
 from mixtune.config import suggest
 from mixtune.errors import DataError
 from mixtune.io import atomic_write_text
+from mixtune.limits import json_loads
 
 FORMAT_HINT = 'each line must look like {"Task": ..., "Instance": {"input": ..., "output": [...]}, "prediction": ...}'
 
@@ -122,7 +123,7 @@ def read_prediction_lines(path: str | Path, *, collection: Any = None) -> list[t
                 if not text.strip():
                     continue
                 try:
-                    obj = json.loads(text)
+                    obj = json_loads(text)
                 except json.JSONDecodeError as e:
                     raise _fail(path, number, f"invalid JSON ({e.msg} at column {e.colno})",
                                 hint="one JSON object per line (JSON Lines)") from None

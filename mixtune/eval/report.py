@@ -16,6 +16,7 @@ from typing import Any
 from mixtune.errors import DataError
 from mixtune.eval.metrics import METRICS, Scores, primary_metric
 from mixtune.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mixtune.limits import json_loads
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -343,7 +344,7 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / METRICS_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json_loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError("no metrics.json here", path=path,
                         hint="pass folders written by `mixtune eval run` (or containing metrics.json)") from None

@@ -32,6 +32,7 @@ from typing import Any
 from mixtune.errors import ConfigError
 from mixtune.eval.spec import EvalSpec
 from mixtune.io import atomic_write_json
+from mixtune.limits import json_loads
 from mixtune.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _read_lines(path: Path) -> Iterable[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         for text in handle:
             try:
-                obj = json.loads(text)
+                obj = json_loads(text)
             except json.JSONDecodeError:
                 continue
             if isinstance(obj, dict) and "Task" in obj and isinstance(obj.get("Instance"), dict) \
@@ -82,7 +83,7 @@ def _check_run_file(out_dir: Path, fingerprint: dict[str, Any], overwrite: bool)
     if overwrite or not run_file.is_file():
         return
     try:
-        before = json.loads(run_file.read_text(encoding="utf-8"))
+        before = json_loads(run_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return
     fingerprint = redact(fingerprint)  # as written to run.json

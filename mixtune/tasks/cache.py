@@ -108,8 +108,15 @@ def manifest_path(root: Path, kind: str, ident: str) -> Path:
     return root / "collections" / f"{kind}-{content_hash(ident)[:20]}.json"
 
 
+#: Set (to 1) by `mixtune --reindex`: every task file is read again, whatever its size and mtime say.
+REINDEX_ENV = "MIXTUNE_REINDEX"
+
+
 def load_manifest(path: Path, ident: str) -> dict[str, Any]:
-    """A collection manifest, or an empty one when it is missing, corrupt or for another source."""
+    """A collection manifest, or an empty one when it is missing, corrupt, for another source, or when
+    env MIXTUNE_REINDEX=1 asks for a full re-read (`mixtune --reindex`)."""
+    if os.environ.get(REINDEX_ENV) == "1":
+        return {}
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixtune.errors import DataError
+from mixtune.limits import json_loads
 from mixtune.tasks.schema import INSTANCE_SCHEMA
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -41,7 +42,7 @@ def check_task_name(name: str, *, path: str | Path | None = None, field: str | N
 def parse_json(data: bytes, path: str | Path) -> Any:
     """json.loads with a DataError naming file, line and column on malformed input."""
     try:
-        obj = json.loads(data)
+        obj = json_loads(data)
     except UnicodeDecodeError as e:
         raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start})", path=path,
                         hint="save the file as UTF-8") from None

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from mixtune.errors import DataError
+from mixtune.limits import json_loads, yaml_load
 from mixtune.tasks import cache
 from mixtune.tasks.base import IndexedCollection
 from mixtune.tasks.headers import (
@@ -127,7 +128,7 @@ class JsonlCollection(IndexedCollection):
 
 def _load_sidecar(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -149,7 +150,7 @@ def _read_lines(path: Path, tasks: dict[str, dict[str, Any]], file_task: str | N
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = json_loads(raw)
             except UnicodeDecodeError as e:
                 raise DataError(f"line {number}: not UTF-8 text ({e.reason})", path=path) from None
             except json.JSONDecodeError as e:

@@ -11,7 +11,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from mixtune.errors import MixtuneError
-from mixtune.train.checkpoint import StreamState, mark_complete
+from mixtune.train.checkpoint import StreamState, delete_checkpoint, mark_complete, rotate
 from mixtune.train.data import stream_position
 
 
@@ -23,16 +23,21 @@ def _barrier() -> None:
 
 
 class CheckpointStateCallback(TrainerCallback):
-    """After every save: record the stream position and mixture hash, then mark the checkpoint complete.
+    """After every save: record the stream position and mixture hash, mark the checkpoint complete, then
+    delete the checkpoints beyond `save_total_limit`.
 
     The Trainer has written model, optimizer, scheduler, RNG and trainer state when `on_save`
     runs; a barrier makes sure every process has written its shard before the main process
-    writes `mixtune_state.json` and, last, the `COMPLETE` marker.
+    writes `mixtune_state.json` and, last, the `COMPLETE` marker. Only then are older checkpoints
+    deleted (the Trainer's own rotation, which runs before `on_save`, is switched off).
     """
 
     def __init__(self, *, start_step: int, start_position: int, global_batch_size: int, world_size: int,
-                 mixture_hash: str, mixture_size: int | None = None) -> None:
+                 mixture_hash: str, mixture_size: int | None = None, save_total_limit: int | None = None,
+                 schedule: dict[str, Any] | None = None) -> None:
         self.mixture_size = mixture_size
+        self.save_total_limit = save_total_limit
+        self.schedule = schedule
         self.start_step = start_step
         self.start_position = start_position
         self.global_batch_size = global_batch_size
@@ -56,7 +61,8 @@ class CheckpointStateCallback(TrainerCallback):
             mark_complete(folder, StreamState(
                 global_step=state.global_step, position=self.position_at(state.global_step),
                 mixture_hash=self.mixture_hash, global_batch_size=self.global_batch_size,
-                world_size=self.world_size))
+                world_size=self.world_size, schedule=self.schedule))
+            rotate(args.output_dir, self.save_total_limit, protect=state.best_model_checkpoint)
         _barrier()
 
 
@@ -101,9 +107,7 @@ class StaleCheckpointCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
+            delete_checkpoint(folder)  # renamed out of the checkpoint namespace first
         _barrier()
 
 

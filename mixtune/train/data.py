@@ -69,13 +69,18 @@ class StreamCollator:
     """Positions -> examples (from the plan) -> a tensor batch (by the model-specific collator).
 
     With `order_log` set, each batch's positions and tasks are appended to that JSONL file (one
-    line per micro-batch; used by tests and for auditing the data a run trained on).
+    line per micro-batch; used by tests and for auditing the data a run trained on). With
+    `max_positions` set (the model's `max_position_embeddings`), a longer batch is a DataError naming
+    the example, before the model would try to attend over it.
     """
 
     def __init__(self, plan: Any, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], *,
                  tokenizer: Any = None, max_source_length: int | None = None,
-                 order_log: str | Path | None = None, rank: int = 0) -> None:
+                 order_log: str | Path | None = None, rank: int = 0, max_positions: int | None = None,
+                 length_field: str = "data.max_length") -> None:
         self.plan = plan
+        self.max_positions = max_positions
+        self.length_field = length_field
         self.collate = collate
         self.tokenizer = tokenizer
         self.max_source_length = max_source_length
@@ -92,7 +97,31 @@ class StreamCollator:
             with self.order_log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         batch = self.collate(examples)
+        ids = batch.get("input_ids")
+        if self.max_positions and isinstance(ids, torch.Tensor) and ids.shape[-1] > self.max_positions:
+            from mixtune.errors import DataError
+
+            mask = batch.get("attention_mask")
+            lengths = (mask.sum(-1) if isinstance(mask, torch.Tensor) and mask.dim() == 2
+                       else torch.full((ids.shape[0],), ids.shape[-1])).tolist()
+            longest = max(range(len(lengths)), key=lambda i: lengths[i])
+            i = min(longest, len(examples) - 1)
+            raise DataError(
+                f"the example at stream position {positions[i]} (task {examples[i]['task']}) is {ids.shape[-1]} "
+                f"tokens long; the model takes at most {self.max_positions} (max_position_embeddings)",
+                field=self.length_field, hint=f"set {self.length_field} to at most {self.max_positions} "
+                "to truncate long examples")
         return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def position_limit(model: Any) -> int | None:
+    """The most positions the model can attend over (`max_position_embeddings`), or None (T5: no limit)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def global_batch_size(per_device_batch_size: int, gradient_accumulation_steps: int, world_size: int) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.errors import ConfigError
+from mixtune.limits import json_loads
 
 _COMMON: dict[str, Any] = {
     "train_micro_batch_size_per_gpu": "auto",
@@ -78,7 +79,7 @@ def deepspeed_config(value: str | None, *, recipe_path: str | None = None) -> di
         return copy.deepcopy(PRESETS[value])
     path = Path(value)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json_loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"DeepSpeed config {value!r} not found", path=recipe_path, field="distributed.deepspeed",
                           hint=f"a preset ({', '.join(PRESETS)}) or an existing .json file") from None

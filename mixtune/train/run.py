@@ -15,6 +15,7 @@ Features and the recipe keys that control them:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -34,8 +35,9 @@ from mixtune.train.callbacks import (
     StaleCheckpointCallback,
     TextLogCallback,
 )
-from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
+from mixtune.train.data import PositionStream, StreamCollator, global_batch_size, position_limit
 from mixtune.train.deepspeed import zero_stage
+from mixtune.train.output_dir import check_output_dir, hold
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +62,21 @@ def total_steps(recipe: Recipe, plan_size: int, global_batch: int) -> int:
 
 
 def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path:
-    """Train as the recipe says; returns the final model folder. Works under any launcher."""
+    """Train as the recipe says; returns the final model folder. Works under any launcher.
+
+    The main process holds `output_dir`'s lock for the whole run (a second run on it is refused).
+    """
+    output_dir = check_output_dir(recipe.output_dir, recipe_path=recipe.source)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with hold(output_dir, recipe_path=recipe.source) if main else contextlib.nullcontext():
+        return _train(recipe, output_dir, order_log)
+
+
+def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Path:
     from transformers import set_seed
 
     from mixtune.console import phase
 
-    output_dir = Path(recipe.output_dir)
     show = recipe.logging.progress_bar and int(os.environ.get("RANK", "0")) == 0
     with phase(f"planning mixture {recipe.data.mixture}", enabled=show):
         plan = plan_for(recipe)
@@ -93,11 +104,19 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if args.deepspeed and world > 1:
         _init_deepspeed_comm()
 
-    resume_from, start_step, start_position = resume_point(recipe, plan.hash, max_steps, world=world,
-                                                           deepspeed=_uses_deepspeed(args))
+    finished = finished_run(recipe, plan.hash, max_steps)
+    if finished is not None:
+        if is_main:
+            logger.warning("%s", finished)
+        return output_dir / FINAL
+    resume_from, state = resume_point(recipe, plan.hash, max_steps, world=world, deepspeed=_uses_deepspeed(args))
+    start_step, start_position = (state.global_step, state.position) if state else (0, 0)
+    schedule = schedule_of(recipe, max_steps)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        if recipe.resume != "never":
+        if recipe.resume == "never":
+            _start_over(output_dir)
+        else:
             ckpt.remove_incomplete(output_dir)
     log_path = output_dir / recipe.logging.log_file
     text_log = TextLogCallback(log_path)
@@ -110,6 +129,13 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         print(redact_text(header), file=sys.stderr, flush=True)  # on the console too, whatever the logging set-up
         text_log.write(("resuming from " + str(resume_from) + f" at step {start_step}, stream position "
                         f"{start_position}") if resume_from else "starting fresh")
+        changed = schedule_change(state, schedule, resume_from) if state else None
+        if changed:
+            logger.warning("%s", changed)
+            text_log.write("WARNING " + changed)
+        if resume_from and start_step == max_steps:
+            logger.warning("%s is at the last step (%d) but %s/ is missing (its save was interrupted): "
+                           "writing %s/ from it", resume_from, max_steps, FINAL, FINAL)
 
     if is_main and "wandb" in args.report_to:
         _start_wandb(recipe, args.run_name)
@@ -121,11 +147,14 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if kind != kind_hint:
         args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
     collate = build_collator(recipe, model, tokenizer, kind)
+    limit, length_field = position_limit(model), _length_field(kind)
+    _check_length(recipe, limit, length_field)
     collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
-                              order_log=order_log, rank=args.process_index)
+                              order_log=order_log, rank=args.process_index, max_positions=limit,
+                              length_field=length_field)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
-                           global_batch=g_batch, world=world, stop_position=stream.stop)
+                           global_batch=g_batch, world=world, stop_position=stream.stop, schedule=schedule)
     heldout = None
     if recipe.eval is not None:
         from mixtune.eval.callback import HeldOutEvalCallback
@@ -133,7 +162,7 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         heldout = HeldOutEvalCallback(recipe.eval, tokenizer, progress=recipe.logging.progress_bar)
         callbacks.append(heldout)
     trainer = build_trainer(model=model, tokenizer=tokenizer, kind=kind, args=args, train_dataset=stream,
-                            data_collator=collator, callbacks=callbacks)
+                            data_collator=collator, callbacks=callbacks, resume_from=resume_from)
     if heldout is not None:
         heldout.bind(trainer)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -182,14 +211,22 @@ def _start_wandb(recipe: Recipe, run_name: str | None) -> None:
     """Open this run's wandb run under output_dir/wandb (the Trainer's callback then logs to it).
 
     Opened here rather than by the callback because wandb reads WANDB_DIR only once per process: a
-    second run in the same process would otherwise write into the first run's folder.
+    second run in the same process would otherwise write into the first run's folder. The run name
+    (`run_name`, from the training arguments) is already redacted.
     """
+    import sys
+
     import wandb
 
     from mixtune.secrets import redact
 
-    wandb.init(project=recipe.logging.project, name=run_name, dir=recipe.output_dir,
-               mode=recipe.logging.wandb, config={"recipe": redact(recipe_dict(recipe))}, reinit="finish_previous")
+    argv = sys.argv
+    sys.argv = redact(list(argv))  # wandb records the command line (sys.argv) in its run metadata
+    try:
+        wandb.init(project=recipe.logging.project, name=run_name, dir=recipe.output_dir, mode=recipe.logging.wandb,
+                   config={"recipe": redact(recipe_dict(recipe))}, reinit="finish_previous")
+    finally:
+        sys.argv = argv
 
 
 def _finish_wandb() -> None:
@@ -226,34 +263,102 @@ def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, saved: int, *, worl
 
 
 def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int, *, world: int,
-                 deepspeed: bool) -> tuple[Path | None, int, int]:
-    """(checkpoint or None, its step, its stream position) for the recipe's `resume:`; checks the mixture
-    and that a DeepSpeed checkpoint fits this launch (`check_deepspeed_resume`)."""
+                 deepspeed: bool) -> tuple[Path | None, ckpt.StreamState | None]:
+    """(checkpoint or None, its stream state) for the recipe's `resume:`; checks the mixture, the step
+    and that a DeepSpeed checkpoint fits this launch (`check_deepspeed_resume`).
+
+    A checkpoint at exactly `max_steps` is resumed too: its run was stopped while `final/` was written
+    (`finished_run` catches the runs whose `final/` is there), and the Trainer runs no step from it.
+    """
     resume_from = ckpt.resolve_resume(recipe.resume, recipe.output_dir, recipe_path=recipe.source)
     if resume_from is None:
-        return None, 0, 0
+        return None, None
     state = ckpt.read_state(resume_from)
     if state.mixture_hash != mixture_hash:
         raise ConfigError(
             f"the mixture changed since {resume_from} was saved (hash {state.mixture_hash} -> {mixture_hash})",
             path=recipe.source, field="data.mixture",
             hint="restore the mixture, or start fresh with resume=never or another output_dir")
-    if state.global_step >= max_steps:
-        raise ConfigError(f"{resume_from} is already at step {state.global_step} of {max_steps}",
+    if state.global_step > max_steps:
+        raise ConfigError(f"{resume_from} is already at step {state.global_step}, past this run's {max_steps} steps",
                           path=recipe.source, field="training.max_steps",
-                          hint="raise training.max_steps (or epochs) to train further")
+                          hint=f"restore training.max_steps / epochs, or train its weights further in a new run "
+                               f"with its own LR schedule: model.name_or_path={resume_from} resume=never "
+                               "output_dir=<new folder>")
     check_deepspeed_resume(recipe, resume_from, state.world_size, world=world, deepspeed=deepspeed)
-    return resume_from, state.global_step, state.position
+    return resume_from, state
+
+
+def schedule_of(recipe: Recipe, max_steps: int) -> dict[str, Any]:
+    """The settings that shape the learning-rate schedule (recorded in every checkpoint)."""
+    t = recipe.training
+    return {"max_steps": max_steps, "epochs": t.epochs if t.max_steps is None else None,
+            "lr_scheduler": t.lr_scheduler, "learning_rate": t.learning_rate,
+            "warmup_steps": t.warmup_steps, "warmup_ratio": t.warmup_ratio}
+
+
+def schedule_change(state: ckpt.StreamState, schedule: dict[str, Any], checkpoint: Path | None) -> str | None:
+    """A warning naming the old and new LR schedule when they differ, else None."""
+    old = state.schedule
+    if not old or old == schedule:
+        return None
+
+    def show(s: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={s.get(k)}" for k in schedule if s.get(k) is not None)
+
+    diff = ", ".join(f"{k} {old.get(k)} -> {schedule[k]}" for k in schedule if old.get(k) != schedule[k])
+    return (f"the learning-rate schedule changed since {checkpoint} was saved ({diff}). Saved schedule: "
+            f"{show(old)}; this run: {show(schedule)}. Resuming continues at step {state.global_step} of the NEW "
+            f"schedule, so the learning rate jumps to the new curve's value there. To keep the old schedule, "
+            f"restore those settings; to train the weights further with a fresh schedule, start a new run: "
+            f"model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
+
+
+def finished_run(recipe: Recipe, mixture_hash: str, max_steps: int) -> str | None:
+    """With `resume: auto`: when output_dir already holds this run's `final/` (same mixture, at least
+    `max_steps` steps), a message saying where its model and held-out report are; else None."""
+    from mixtune.limits import json_loads
+
+    if recipe.resume != "auto":
+        return None
+    output_dir = Path(recipe.output_dir)
+    try:
+        info = json_loads((output_dir / FINAL / RUN_FILE).read_text(encoding="utf-8"))
+        steps, mixture = int(info["global_steps"]), info["mixture_hash"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if mixture != mixture_hash or steps < max_steps:
+        return None
+    text = f"{output_dir} already holds this finished run ({steps} steps): final model {output_dir / FINAL}"
+    history = (info.get("heldout_eval") or {}).get("history") or []
+    if history:
+        report = output_dir / "heldout_eval" / f"step-{history[-1]['step']}" / "report.md"
+        if report.is_file():
+            text += f", held-out report {report}"
+    return text + (". Nothing to do; to train again from scratch use resume=never (its checkpoints are "
+                   "deleted and final/ is replaced) or another output_dir")
+
+
+def _start_over(output_dir: Path) -> None:
+    """`resume: never`: delete an earlier run's checkpoints (a later `resume: auto` must not pick them)."""
+    old = ckpt.list_checkpoints(output_dir)
+    for folder in old:
+        ckpt.delete_checkpoint(folder)
+    if old or (output_dir / FINAL).exists():
+        logger.warning("resume=never: starting over in %s; deleted %d checkpoint(s) of the earlier run%s",
+                       output_dir, len(old), f", its {FINAL}/ is replaced when this run ends"
+                       if (output_dir / FINAL).exists() else "")
 
 
 def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_step: int, start_position: int,
-               global_batch: int, world: int, stop_position: int) -> list[Any]:
+               global_batch: int, world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
     from mixtune.train.nan_guard import NanGuardCallback
 
     callbacks: list[Any] = [
         StaleCheckpointCallback(),
         CheckpointStateCallback(start_step=start_step, start_position=start_position, global_batch_size=global_batch,
-                                world_size=world, mixture_hash=plan.hash, mixture_size=len(plan)),
+                                world_size=world, mixture_hash=plan.hash, mixture_size=len(plan),
+                                save_total_limit=recipe.training.save_total_limit, schedule=schedule),
         text_log,
         MixtureLogCallback(plan.hash, trained_task_counts(plan, stop_position)),
         NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
@@ -262,6 +367,19 @@ def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_st
     if recipe.training.on_nan == "stop":
         callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
     return callbacks
+
+
+def _length_field(kind: str) -> str:
+    """The recipe field that bounds a model input's length."""
+    return "data.max_source_length" if kind == "seq2seq" else "data.max_length"
+
+
+def _check_length(recipe: Recipe, limit: int | None, field: str) -> None:
+    """Refuse a length setting beyond the model's `max_position_embeddings`."""
+    value = getattr(recipe.data, field.split(".")[1])
+    if limit is not None and value is not None and value > limit:
+        raise ConfigError(f"{value} is longer than the model's max_position_embeddings ({limit})",
+                          path=recipe.source, field=field, hint=f"set {field} to at most {limit}")
 
 
 def _kind_from_config(recipe: Recipe) -> str:
@@ -316,7 +434,7 @@ def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, A
     Every process takes part (gathering ZeRO-3 shards is collective); the main process fills a
     temporary folder and renames it into place, so `final/` is either complete or absent.
     """
-    from mixtune.io import atomic_write_json
+    from mixtune.io import atomic_write_json, safetensors_write_errors
     from mixtune.secrets import redact
 
     final = output_dir / FINAL
@@ -334,7 +452,8 @@ def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, A
             info["lora"]["note"] = "ZeRO-3 training: only the adapter is saved; merge it with peft after loading"
         elif is_main:
             merged = model.merge_and_unload()
-            merged.save_pretrained(str(tmp), safe_serialization=True)
+            with safetensors_write_errors(tmp / "model.safetensors"):
+                merged.save_pretrained(str(tmp), safe_serialization=True)
             info["lora"]["merged"] = True
     else:
         trainer.save_model(str(tmp))
@@ -356,10 +475,12 @@ _FILE_LOG: list[logging.Handler] = []  # the text-log handler of the run in prog
 
 
 def _attach_file_log(path: Path) -> None:
-    """Send mixtune's and transformers' log records to the run's text log (main process)."""
-    from mixtune.secrets import RedactingFilter
+    """Send mixtune's and transformers' log records to the run's text log (main process); transformers'
+    own console handler gets the redacting filter too."""
+    from mixtune.secrets import RedactingFilter, install_log_redaction
 
     _detach_file_log()
+    install_log_redaction(_transformers_logger())
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)

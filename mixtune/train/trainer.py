@@ -13,10 +13,13 @@ and `remove_unused_columns=False` (the dataset yields positions, not columns).
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 from typing import Any
 
 from mixtune.recipe import Recipe
+from mixtune.secrets import redact_text
 from mixtune.train.deepspeed import deepspeed_config, from_launcher_env
 
 
@@ -51,13 +54,13 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         fp16=dtype == "fp16",
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # mixtune rotates after marking complete (CheckpointStateCallback)
         logging_steps=t.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=t.on_nan != "stop",
         report_to=report_to,
         project=lg.project,
-        run_name=lg.run_name or _default_run_name(recipe),
+        run_name=redact_text(lg.run_name or _default_run_name(recipe)),  # kept in training_args.bin, wandb
         disable_tqdm=not lg.progress_bar,
         ignore_data_skip=True,
         remove_unused_columns=False,
@@ -117,15 +120,22 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
 
 
 def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dataset: Any,
-                  data_collator: Any, callbacks: list[Any]) -> Any:
+                  data_collator: Any, callbacks: list[Any], resume_from: str | Path | None = None) -> Any:
     """A Trainer (causal) or Seq2SeqTrainer (seq2seq) over the position stream.
 
     With a `NanGuardCallback` among the callbacks, under DeepSpeed every micro-batch's loss is
     checked before its backward (the engine updates the weights inside backward, out of the
     callback's reach); elsewhere the callback checks the gradients before the optimizer step.
-    """
-    from transformers import Seq2SeqTrainer, Trainer
 
+    Resuming from `resume_from`: the checkpoint's RNG state (Python, NumPy, torch CPU and CUDA, this
+    process's file) is restored again just before the first resumed step, so dropout draws exactly
+    what an uninterrupted run draws; the optimizer's learning rate is set from the (possibly changed)
+    schedule at the resumed step; a checkpoint file that cannot be loaded safely is a ConfigError.
+    """
+    from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
+
+    from mixtune.io import safetensors_write_errors
+    from mixtune.train.checkpoint import readable
     from mixtune.train.nan_guard import NanGuardCallback
 
     base = Seq2SeqTrainer if kind == "seq2seq" else Trainer
@@ -138,5 +148,69 @@ def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dat
                 guard.check_loss(result[0] if isinstance(result, tuple) else result, self.state.global_step + 1)
             return result
 
-    return MixtuneTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
-                          processing_class=tokenizer, callbacks=callbacks)
+        def _load_rng_state(self, checkpoint: str | None) -> None:
+            name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
+            with readable(checkpoint or "", name):
+                super()._load_rng_state(checkpoint)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            with readable(resume_from_checkpoint, "model.safetensors"):
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            failing = functools.partial(_failing_file, checkpoint, ("scheduler.pt", "scaler.pt"), "optimizer.pt")
+            with readable(checkpoint or "", failing):
+                super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None:
+                _lr_from_schedule(self.optimizer, self.lr_scheduler)
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            with safetensors_write_errors(Path(output_dir or self.args.output_dir) / "model.safetensors"):
+                super()._save(output_dir, state_dict)
+
+    class RestoreRngAtFirstStep(TrainerCallback):
+        """The Trainer restores the RNG state before it starts the epoch's data iterator, which draws
+        from torch's generator: restore it once more when the first resumed step begins."""
+
+        def __init__(self) -> None:
+            self.checkpoint = str(resume_from) if resume_from else None
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.checkpoint is not None:
+                trainer._load_rng_state(self.checkpoint)
+                self.checkpoint = None
+
+    trainer = MixtuneTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
+                             processing_class=tokenizer, callbacks=[*callbacks, RestoreRngAtFirstStep()])
+    return trainer
+
+
+def _failing_file(checkpoint: str | None, small: tuple[str, ...], default: str) -> str:
+    """Which of a checkpoint's torch files fails to load: the small ones are tried, else `default`."""
+    import torch
+
+    for name in small:
+        path = Path(checkpoint or "") / name
+        if path.is_file():
+            try:
+                torch.load(path, weights_only=True, map_location="cpu")
+            except Exception:  # noqa: BLE001 - any failure names this file
+                return name
+    return default
+
+
+def _lr_from_schedule(optimizer: Any, scheduler: Any) -> None:
+    """Set each parameter group's learning rate to the schedule's value at the restored step.
+
+    The optimizer's saved state holds the learning rate of the step it was saved at, and the
+    scheduler only updates it after the next step: with a changed schedule (more steps, another
+    warmup) the first resumed step would run at the old curve's value (0.0 at the end of a linear
+    decay). With an unchanged schedule this writes the very same values.
+    """
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if optimizer is None or not lambdas or not hasattr(scheduler, "base_lrs"):
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas, strict=True)]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
