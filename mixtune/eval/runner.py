@@ -125,6 +125,19 @@ def _load_model(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
     return model, tokenizer, model_kind(model)
 
 
+def prompt_budget(spec: EvalSpec, model: Any, kind: str) -> int | None:
+    """The prompt budget in tokens: `spec.max_source_length`, never more than the model's context (less
+    `max_new_tokens` for a causal model, whose answer shares it); the context when the spec sets none."""
+    from mixtune.train.modeling import context_length
+
+    context = context_length(getattr(model, "config", None))
+    if context is not None and kind == "causal":
+        context = max(context - spec.max_new_tokens, 1)
+    if spec.max_source_length is None:
+        return context
+    return spec.max_source_length if context is None else min(spec.max_source_length, context)
+
+
 def _open_collection(spec: EvalSpec) -> Any:
     try:
         from mixtune.tasks import open_collection
@@ -197,10 +210,12 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         "primary_setting": spec.settings[0], "settings": {}, "baselines": {}, "rank_classification": {},
         "rouge_tokenizer": "default", "others": dict(others or {}),
     }
+    budget = prompt_budget(spec, model, kind)
+    metrics["max_source_length"] = budget
     for number, setting in enumerate(spec.settings):
         primary = number == 0
         records = build_eval_set(collection, spec.split, spec.max_instances_per_task, setting, tasks=tasks,
-                                 tokenizer=tokenizer, max_source_length=spec.max_source_length, chat=spec.chat)
+                                 tokenizer=tokenizer, chat=spec.chat)  # whole prompts, cut in token space
         done = existing_predictions(out_dir, setting)
         skip = [i for i, r in enumerate(records) if _key(r) in done]
         writer = _PartialWriter(out_dir / PARTIAL_DIR / f"predictions.{setting}.rank{state.process_index}.jsonl",
@@ -209,7 +224,7 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         try:
             texts = generate(model, tokenizer, [r["prompt"] for r in records], batch_size=spec.batch_size,
                              max_new_tokens=spec.max_new_tokens, kind=kind, skip=skip, on_batch=writer,
-                             progress=progress, desc=f"eval {setting}")
+                             progress=progress, desc=f"eval {setting}", max_source_length=budget)
         finally:
             writer.close()
         seconds = time.perf_counter() - started
@@ -233,7 +248,8 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
             from mixtune.eval.rank import rank_classify
 
             labels = {t: lab for t in tasks if (lab := label_set(collection, t, spec.max_labels))}
-            ranked = rank_classify(model, tokenizer, records, labels, batch_size=spec.batch_size, kind=kind)
+            ranked = rank_classify(model, tokenizer, records, labels, batch_size=spec.batch_size, kind=kind,
+                                   max_source_length=budget)
             if state.is_main_process and ranked:
                 write_predictions(out_dir / f"rank_classification.{setting}.jsonl", ranked)
                 scores = compute_scores(ranked, categories).to_json()

@@ -212,6 +212,21 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     return tokenizer.get_vocab().get(DEFAULT_END_OF_TURN)
 
 
+def context_length(config: Any) -> int | None:
+    """The longest input the model takes, from its config (max_position_embeddings, n_positions, ...;
+    an encoder-decoder's encoder), or None when the config does not say (e.g. relative positions)."""
+    if config is None:
+        return None
+    encoder = getattr(config, "encoder", None)
+    if getattr(config, "is_encoder_decoder", False) and encoder is not None and not isinstance(encoder, dict):
+        config = encoder
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _torch_dtype(name: str) -> Any:
     import torch
 
@@ -406,8 +421,6 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         tokenizer = load_tokenizer(cfg)
         kind = "seq2seq"
         model = build_encoder_decoder(cfg.encoder_decoder, tokenizer, extra)
-        tokenizer.model_max_length = min(tokenizer.model_max_length,
-                                         model.config.encoder.max_position_embeddings)
     elif cfg.config is not None:
         tokenizer = load_tokenizer(cfg)
         config = _build_config(cfg, tokenizer)
@@ -416,8 +429,6 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         model = auto.from_config(config, **extra)
         if cfg.init_from is not None:
             warm_start(model, cfg.init_from)
-        if getattr(config, "max_position_embeddings", None):
-            tokenizer.model_max_length = config.max_position_embeddings  # the model's, not MiniLM's 512
     else:
         source = cfg.name_or_path
         assert source is not None
@@ -437,6 +448,9 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
             raise ConfigError(f"cannot load weights of {source!r}: {e}", field="model.name_or_path",
                               hint="mixtune loads safetensors weights only; convert .bin checkpoints first") from None
 
+    context = context_length(model.config)
+    if context is not None:  # the model's, not the tokenizer's (MiniLM's 512, Llama-3's 131072)
+        tokenizer.model_max_length = context
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     _set_special_ids(model, tokenizer, kind, fresh=cfg.name_or_path is None)

@@ -112,13 +112,14 @@ class PackingCollator:
 
     def __init__(self, tokenizer: Any, *, max_length: int, strategy: Strategy = "balanced",
                  mask_dtype: torch.dtype = torch.float32, pad_to_multiple_of: int | None = None,
-                 chat: bool = False) -> None:
+                 chat: bool = False, max_source_length: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.strategy = strategy
         self.mask_dtype = mask_dtype
         self.pad_to_multiple_of = pad_to_multiple_of
-        self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat)
+        self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat,
+                                                 max_source_length=max_source_length)
         self.last_stats: PackingStats | None = None
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

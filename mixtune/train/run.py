@@ -105,8 +105,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     if kind != kind_hint:
         args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
     collate = build_collator(recipe, model, tokenizer, kind)
-    collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
-                              order_log=order_log, rank=args.process_index)
+    # prompts come whole from the plan; the collator fits them to the budgets in token space
+    collator = StreamCollator(plan, collate, order_log=order_log, rank=args.process_index)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
                            global_batch=g_batch, world=world, stop_position=stream.stop)

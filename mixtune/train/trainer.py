@@ -112,8 +112,10 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
                                max_target_length=d.max_target_length)
     if d.packing:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.model.dtype, torch.float32)
-        return PackingCollator(tokenizer, max_length=d.max_length, mask_dtype=dtype, chat=chat)
-    return CompletionOnlyCollator(tokenizer, max_length=d.max_length, chat=chat)
+        return PackingCollator(tokenizer, max_length=d.max_length, mask_dtype=dtype, chat=chat,
+                               max_source_length=d.max_source_length)
+    return CompletionOnlyCollator(tokenizer, max_length=d.max_length, chat=chat,
+                                  max_source_length=d.max_source_length)
 
 
 def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dataset: Any,
