@@ -25,8 +25,6 @@ from typing import Any
 
 from mixtune.errors import ConfigError, MixtuneError
 
-#: model.attn_implementation values that take no 4D attention mask (packing needs one)
-_FLASH = re.compile(r"^flash_attention")
 #: a hub id: "name" or "org/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -65,8 +63,7 @@ def _check(path: Path, overrides: list[str], collection: str | None, plan: bool,
     from mixtune.recipe import load_recipe
 
     recipe = load_recipe(path, overrides)
-    kind = _check_model(recipe, path, notes)
-    _check_compatibility(recipe, kind, path)
+    _check_model(recipe, path, notes)
     _check_deepspeed(recipe, path, notes)
     _check_mixture(recipe, path, collection, plan, notes)
     if recipe.eval is not None:
@@ -137,21 +134,6 @@ def _kind_of_folder(folder: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return "seq2seq" if config.get("is_encoder_decoder") else "causal"
-
-
-def _check_compatibility(recipe: Any, kind: str | None, path: Path) -> None:
-    """Settings the trainer would ignore without a word, or that cannot work together."""
-    m, d = recipe.model, recipe.data
-    if kind == "seq2seq" and d.packing:
-        raise ConfigError("packing applies to causal models; a seq2seq model would train unpacked", path=path,
-                          field="data.packing", hint="set data.packing: false")
-    if kind == "seq2seq" and m.chat_template is not None:
-        raise ConfigError("chat rendering applies to causal models; a seq2seq model trains on plain prompts",
-                          path=path, field="model.chat_template", hint="remove model.chat_template")
-    if d.packing and m.attn_implementation and _FLASH.match(m.attn_implementation):
-        raise ConfigError(f"packed rows need a 4D block-diagonal attention mask, which {m.attn_implementation} "
-                          "cannot take", path=path, field="model.attn_implementation",
-                          hint="use sdpa (or eager) with packing, or set data.packing: false")
 
 
 def _check_deepspeed(recipe: Any, path: Path, notes: list[str]) -> None:

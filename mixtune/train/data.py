@@ -92,7 +92,8 @@ class StreamCollator:
             with self.order_log.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         batch = self.collate(examples)
-        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        # tensors, and the ints of padding-free batches (max_length_q/k)
+        return {k: v for k, v in batch.items() if isinstance(v, (torch.Tensor, int))}
 
 
 def global_batch_size(per_device_batch_size: int, gradient_accumulation_steps: int, world_size: int) -> int:

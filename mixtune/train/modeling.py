@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mixtune.config import StrictModel
 from mixtune.errors import ConfigError
@@ -39,6 +39,9 @@ MINILM = "minilm"
 Kind = Literal["causal", "seq2seq"]
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+#: model.attn_implementation values transformers knows (besides kernel-hub 'org/repo' kernels).
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class LoraSpec(StrictModel):
@@ -96,10 +99,14 @@ class ModelConfig(StrictModel):
         description="causal (decoder-only) or seq2seq (encoder-decoder, e.g. T5); detected from the model "
         "config's is_encoder_decoder when left out.",
     )
-    dtype: Literal["bf16", "fp16", "fp32"] = Field("fp32", description="Parameter dtype the model is loaded in.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "fp32", description="Storage dtype the weights are loaded and kept in (e.g. bf16 for a frozen LoRA base). "
+        "Mixed precision is training.precision: full fine-tuning keeps fp32 weights (the master copy) and "
+        "computes in training.precision.")
     attn_implementation: str | None = Field(
-        "sdpa", description="Attention kernel: sdpa, eager, flash_attention_2, flex_attention, or null for "
-        "the transformers default."
+        "sdpa", description="Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention, "
+        "a kernel-hub kernel ('org/repo'), or null for the transformers default. It also picks the packing layout "
+        "(mixtune.train.packing)."
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (non-reentrant) to save memory."
@@ -125,6 +132,16 @@ class ModelConfig(StrictModel):
         "('minilm' for the bundled MiniLM encoder): every tensor whose name (ignoring the model's base prefix, "
         "e.g. 'model.' or 'bert.') and shape match is copied, the rest stays randomly initialised.",
     )
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _known_attention(cls, value: str | None) -> str | None:
+        if value is None or value in ATTENTION_IMPLEMENTATIONS or "/" in value:
+            return value
+        from mixtune.config import suggest
+
+        hint = suggest(value, ATTENTION_IMPLEMENTATIONS) or f"one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        raise ValueError(f"unknown attention implementation {value!r}: {hint}, or a kernel-hub 'org/repo'")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -210,6 +227,34 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     from mixtune.encodings import DEFAULT_END_OF_TURN
 
     return tokenizer.get_vocab().get(DEFAULT_END_OF_TURN)
+
+
+def known_kind(cfg: ModelConfig) -> Kind | None:
+    """The model's kind as far as it can be told without loading it: model.kind, an encoder_decoder, a
+    config's model_type, or a local folder's config.json; None for a hub model of undeclared kind."""
+    if cfg.kind is not None:
+        return cfg.kind
+    if cfg.encoder_decoder is not None:
+        return "seq2seq"
+    if cfg.config is not None:
+        values = dict(cfg.config)
+        if "is_encoder_decoder" in values:
+            return "seq2seq" if values["is_encoder_decoder"] else "causal"
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        try:
+            config_cls = CONFIG_MAPPING[values["model_type"]]
+        except KeyError:
+            return None
+        return "seq2seq" if getattr(config_cls(), "is_encoder_decoder", False) else "causal"
+    folder = Path(str(cfg.name_or_path)).expanduser()
+    try:
+        import json
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "seq2seq" if config.get("is_encoder_decoder") else "causal"
 
 
 def context_length(config: Any) -> int | None:

@@ -68,9 +68,10 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
         raise ConfigError("the mixture has no examples", path=recipe.source, field="data.mixture")
 
     # The plan's world size is known once the training arguments have set up the processes.
+    from mixtune.train.modeling import known_kind
     from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 
-    kind_hint = recipe.model.kind or _kind_from_config(recipe)
+    kind_hint = known_kind(recipe.model) or "causal"
     probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
     world = probe.world_size
     g_batch = global_batch_size(recipe.training.per_device_batch_size,
@@ -233,13 +234,6 @@ def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_st
     if recipe.training.on_nan == "stop":
         callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
     return callbacks
-
-
-def _kind_from_config(recipe: Recipe) -> str:
-    cfg = recipe.model.config or {}
-    if cfg.get("is_encoder_decoder") or str(cfg.get("model_type", "")).lower() in {"t5", "mt5", "umt5", "bart"}:
-        return "seq2seq"
-    return "causal"
 
 
 def trained_task_counts(plan: Any, stop_position: int) -> dict[str, int]:

@@ -34,7 +34,7 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         os.makedirs(recipe.output_dir, exist_ok=True)
         report_to = ["wandb"]
     warmup: float = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
-    dtype = recipe.model.dtype
+    precision = t.precision  # mixed precision over the weights' storage dtype (model.dtype)
     cls = Seq2SeqTrainingArguments if kind == "seq2seq" else TrainingArguments
     return cls(
         output_dir=recipe.output_dir,
@@ -47,8 +47,8 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        bf16=dtype == "bf16",
-        fp16=dtype == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
@@ -103,7 +103,7 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
     import torch
 
     from mixtune.train.collators import CompletionOnlyCollator, Seq2SeqCollator
-    from mixtune.train.packing import PackingCollator
+    from mixtune.train.packing import PackingCollator, packing_layout
 
     d = recipe.data
     chat = recipe.model.chat_template is not None
@@ -111,9 +111,11 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
         return Seq2SeqCollator(tokenizer, model, max_source_length=d.max_source_length,
                                max_target_length=d.max_target_length)
     if d.packing:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.model.dtype, torch.float32)
-        return PackingCollator(tokenizer, max_length=d.max_length, mask_dtype=dtype, chat=chat,
-                               max_source_length=d.max_source_length)
+        attn = recipe.model.attn_implementation
+        # eager adds the mask to scores in the compute dtype; sdpa takes a boolean mask
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.model.dtype, torch.float32)
+        return PackingCollator(tokenizer, max_length=d.max_length, chat=chat, max_source_length=d.max_source_length,
+                               layout=packing_layout(attn), mask_dtype=compute if attn == "eager" else torch.bool)
     return CompletionOnlyCollator(tokenizer, max_length=d.max_length, chat=chat,
                                   max_source_length=d.max_source_length)
 
@@ -134,6 +136,14 @@ def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dat
     guard = next((c for c in callbacks if isinstance(c, NanGuardCallback)), None)
 
     class MixtuneTrainer(base):  # type: ignore[misc, valid-type]
+        def _prepare_inputs(self, inputs: Any) -> Any:
+            inputs = super()._prepare_inputs(inputs)
+            if "packed_segment_ids" in inputs:  # flex attention: the packed rows' BlockMask, on the device
+                from mixtune.train.packing import flex_block_mask
+
+                inputs["attention_mask"] = flex_block_mask(inputs.pop("packed_segment_ids"))
+            return inputs
+
         def compute_loss(self, model: Any, inputs: Any, *rest: Any, **kwargs: Any) -> Any:
             result = super().compute_loss(model, inputs, *rest, **kwargs)
             if guard is not None and self.is_deepspeed_enabled and model.training:
