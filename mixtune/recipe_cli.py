@@ -205,8 +205,8 @@ def _short(value: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `recipe check` to the `mixtune` parser."""
-    recipe = subparsers.add_parser("recipe", help="check training recipes")
+    """Add `recipe check` and `recipe preview` to the `mixtune` parser."""
+    recipe = subparsers.add_parser("recipe", help="check training recipes, preview their examples")
     sub = recipe.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
     check = sub.add_parser(
         "check", help="validate recipes and their mixtures without loading a model",
@@ -223,6 +223,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--no-plan", action="store_true",
                        help="validate only; do not plan mixtures even when their collections are present")
     check.set_defaults(func=check_command)
+    from mixtune.preview import register as register_preview
+
+    register_preview(sub)
 
 
 def check_command(args: argparse.Namespace) -> int:
