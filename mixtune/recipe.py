@@ -59,6 +59,10 @@ class DataSection(StrictModel):
         False, description="Causal models: pack several examples into each row (block-diagonal attention, "
         "position ids restart per example) instead of padding each to the batch maximum.")
 
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes that format, tokenize and pack examples beside "
+        "training (the batches are the same with any number). Default: 2 with a GPU, 0 on CPU.")
+
     @model_validator(mode="after")
     def _packing_needs_length(self) -> DataSection:
         if self.packing and self.max_length is None:

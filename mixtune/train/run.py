@@ -108,7 +108,8 @@ def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path
     collate = build_collator(recipe, model, tokenizer, kind)
     # prompts come whole from the plan; the collator fits them to the budgets in token space
     collator = StreamCollator(plan, collate, order_log=order_log, rank=args.process_index)
-    stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
+    stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch,
+                            micro_batch=recipe.training.per_device_batch_size * world)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
                            global_batch=g_batch, world=world, stop_position=stream.stop)
     heldout = None

@@ -62,13 +62,24 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         ignore_data_skip=True,
         remove_unused_columns=False,
         accelerator_config={"dispatch_batches": False, "split_batches": False},
-        dataloader_num_workers=0,  # examples are formatted in the collator, on demand
+        # the collator formats, tokenizes and packs in these worker processes (mixtune.train.data)
+        dataloader_num_workers=data_workers(recipe),
+        dataloader_prefetch_factor=4 if data_workers(recipe) else None,
+        dataloader_persistent_workers=bool(data_workers(recipe)),
         dataloader_pin_memory=_has_accelerator(),
         deepspeed=(deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source)
                    or from_launcher_env()),
         ddp_timeout=recipe.distributed.timeout_s,
         use_cpu=not _has_accelerator(),  # on CPU, several processes need accelerate's gloo setup
     )
+
+
+def data_workers(recipe: Recipe) -> int:
+    """DataLoader worker processes: `data.num_workers`, by default 2 with a GPU (so the data path keeps
+    up with it, see bench/bench_data.py) and 0 on CPU (where the trainer itself needs the cores)."""
+    if recipe.data.num_workers is not None:
+        return recipe.data.num_workers
+    return 2 if _has_accelerator() else 0
 
 
 def _collective_timeout(seconds: int) -> None:
