@@ -127,3 +127,13 @@ def test_storage_dtype_and_precision_must_agree(overrides, field) -> None:
         load_recipe(TINY, overrides)
     assert e.value.field == field and "tiny_causal.yaml" in e.value.render()
     load_recipe(TINY, ["model.dtype=bf16", "training.precision=bf16", "model.lora.r=4"])  # a bf16 LoRA base is fine
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_deepspeed_presets_follow_training_precision(precision, tmp_path) -> None:
+    from mixtune.train.trainer import build_training_arguments
+
+    recipe = load_recipe(TINY, ["distributed.deepspeed=zero2", f"training.precision={precision}",
+                                f"output_dir={tmp_path}"])
+    config = build_training_arguments(recipe, max_steps=2, kind="causal").hf_deepspeed_config.config
+    assert (config["bf16"]["enabled"], config["fp16"]["enabled"]) == (precision == "bf16", precision == "fp16")
