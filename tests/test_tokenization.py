@@ -137,3 +137,19 @@ def test_layout_of_a_prompt_without_demonstrations(bundled_dir) -> None:
     layout = prompt_layout(prompt)
     assert layout.demonstrations == () and prompt[slice(*layout.input)] == "India."
     assert prompt[slice(*layout.definition)].endswith("country.\n\n")
+
+
+def test_causal_cut_inside_a_chat_rendering(bpe_tokenizer_dir, long_prompt) -> None:
+    """A chat-rendered prompt keeps its template around the Tk-Instruct prompt and its generation prompt."""
+    from mixtune.encodings import render_chat
+    from mixtune.train.modeling import ModelConfig, load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(config={"model_type": "llama"}, tokenizer=str(bpe_tokenizer_dir),
+                                     chat_template="tokenizer"))
+    text, _ = render_chat(tok, long_prompt[0], "Kabul")
+    full, _ = source_ids(tok, text, kind="causal")
+    ids, cut = source_ids(tok, text, kind="causal", budget=len(full) - 20)
+    decoded = tok.decode(ids)
+    assert cut and decoded.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>")
+    assert decoded.endswith("Output: <|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert "Positive Example 1" in decoded and "Positive Example 2" not in decoded
