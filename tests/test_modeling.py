@@ -283,3 +283,13 @@ def test_encoder_decoder_generate_stops_at_eos() -> None:
     out = model.generate(**src, max_new_tokens=8, do_sample=False)
     assert out[0].tolist() == [tok.cls_token_id, tok.sep_token_id]
     assert generate(model, tok, ["a prompt", "another prompt"], batch_size=2, max_new_tokens=8, kind="seq2seq") == ["", ""]
+
+
+def test_missing_attention_kernel_is_a_config_error() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ConfigError) as e:
+        load_model_and_tokenizer(ModelConfig(config=LLAMA, attn_implementation="flash_attention_2"))
+    assert e.value.field == "model.attn_implementation" and "not available" in str(e.value)

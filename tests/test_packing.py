@@ -204,3 +204,22 @@ def test_all_masked_packed_batch_is_an_error(examples) -> None:
     ids = prompt_ids(tok, examples[0]["prompt"])
     with pytest.raises(DataError, match="every label of this batch is -100"):
         PackingCollator(tok, max_length=400)([{"input_ids": ids, "labels": [IGNORE_INDEX] * len(ids)}])
+
+
+def test_trainer_turns_segment_ids_into_a_flex_block_mask(examples, tmp_path) -> None:
+    """The block-mask layout's segment ids become flex's BlockMask on the device, inside the trainer."""
+    from torch.nn.attention.flex_attention import BlockMask, create_mask
+    from transformers import TrainingArguments
+
+    from mixtune.train.trainer import build_trainer
+
+    model, tok = _model("sdpa")
+    batch = PackingCollator(tok, max_length=400, layout="block_mask")(examples)
+    dense = PackingCollator(tok, max_length=400)(examples)["attention_mask"]
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], max_steps=1)
+    trainer = build_trainer(model=model, tokenizer=tok, kind="causal", args=args, train_dataset=[],
+                            data_collator=None, callbacks=[])
+    inputs = trainer._prepare_inputs(dict(batch))
+    assert "packed_segment_ids" not in inputs and isinstance(inputs["attention_mask"], BlockMask)
+    rows, length = batch["input_ids"].shape
+    assert torch.equal(create_mask(inputs["attention_mask"].mask_mod, rows, 1, length, length, device="cpu"), dense)

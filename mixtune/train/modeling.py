@@ -24,6 +24,7 @@ applied here, so the trainer receives a model ready to train.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -444,6 +445,19 @@ def _apply_lora(model: Any, spec: LoraSpec, kind: Kind, new_token_ids: list[int]
                           hint="use 'all-linear' or module names of this model (e.g. q_proj, v_proj)") from None
 
 
+@contextlib.contextmanager
+def _attention_available(cfg: ModelConfig) -> Any:
+    """Turn transformers' error for an attention kernel this machine lacks into a one-line ConfigError."""
+    try:
+        yield
+    except ImportError as e:
+        if cfg.attn_implementation is None or cfg.attn_implementation.split("_")[0] not in str(e).lower():
+            raise
+        raise ConfigError(f"attention implementation {cfg.attn_implementation!r} is not available here: "
+                          f"{str(e).splitlines()[0]}", field="model.attn_implementation",
+                          hint="install its package (e.g. flash-attn on a CUDA machine) or use sdpa") from None
+
+
 def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
     """Build or load the model of a `model:` section, with its tokenizer and kind ('causal'/'seq2seq').
 
@@ -471,7 +485,8 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         config = _build_config(cfg, tokenizer)
         kind = _detect_kind(config, cfg.kind)
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-        model = auto.from_config(config, **extra)
+        with _attention_available(cfg):
+            model = auto.from_config(config, **extra)
         if cfg.init_from is not None:
             warm_start(model, cfg.init_from)
     else:
@@ -488,7 +503,9 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         kind = _detect_kind(config, cfg.kind)
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         try:
-            model = auto.from_pretrained(source, use_safetensors=True, trust_remote_code=cfg.trust_remote_code, **extra)
+            with _attention_available(cfg):
+                model = auto.from_pretrained(source, use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
+                                             **extra)
         except OSError as e:
             raise ConfigError(f"cannot load weights of {source!r}: {e}", field="model.name_or_path",
                               hint="mixtune loads safetensors weights only; convert .bin checkpoints first") from None
