@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
@@ -137,20 +139,11 @@ def encode_prompt(info: TaskInfo, input: str, spec: EncodingSpec, *, seed: int |
     task_name = f"{info.name}. " if spec.task_name else ""
     definition = _end(f"Definition: {info.definition.strip()}") + "\n\n" if spec.definition else ""
 
-    # As in the reference: the length check joins kept demonstrations with " " and leaves out the
-    # task name, while the source joins them with "" -- both reproduced exactly.
-    positives: list[str] = []
-    for i, demo in enumerate(info.positive_examples[: spec.pos_examples]):
-        text = _demonstration("Positive", i + 1, demo, spec.explanation)
-        if not fits(definition + " ".join(positives) + text + task_input):
-            break
-        positives.append(text)
-    negatives: list[str] = []
-    for i, demo in enumerate(info.negative_examples[: spec.neg_examples]):
-        text = _demonstration("Negative", i + 1, demo, spec.explanation)
-        if not fits(definition + " ".join(positives) + " ".join(negatives) + text + task_input):
-            break
-        negatives.append(text)
+    positives, negatives = select_demonstrations(
+        definition, [_demonstration("Positive", i + 1, d, spec.explanation)
+                     for i, d in enumerate(info.positive_examples[: spec.pos_examples])],
+        [_demonstration("Negative", i + 1, d, spec.explanation)
+         for i, d in enumerate(info.negative_examples[: spec.neg_examples])], task_input, fits)
 
     source = task_name + definition + "".join(positives) + "".join(negatives) + task_input
     if budget:
@@ -160,8 +153,61 @@ def encode_prompt(info: TaskInfo, input: str, spec: EncodingSpec, *, seed: int |
     return source
 
 
-#: What every prompt writes just before the instance's input.
-INSTANCE_LEAD = "Now complete the following example -\nInput: "
+def select_demonstrations(definition: str, positives: Sequence[str], negatives: Sequence[str], task_input: str,
+                          fits: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """The demonstrations Tk-Instruct keeps: positives, then negatives, each list ending at the first
+    one that does not fit. As in the reference, the length check joins kept demonstrations with " "
+    and leaves out the task name, while the source joins them with "" -- both reproduced exactly."""
+    kept_pos: list[str] = []
+    for text in positives:
+        if not fits(definition + " ".join(kept_pos) + text + task_input):
+            break
+        kept_pos.append(text)
+    kept_neg: list[str] = []
+    for text in negatives:
+        if not fits(definition + " ".join(kept_pos) + " ".join(kept_neg) + text + task_input):
+            break
+        kept_neg.append(text)
+    return kept_pos, kept_neg
+
+
+#: The fixed text in front of the instance input, and the answer cue after it.
+QUERY_HEAD = "Now complete the following example -\nInput: "
+OUTPUT_CUE = "\nOutput: "
+_DEMONSTRATION_HEAD = re.compile(r" (Positive|Negative) Example \d+ -\nInput: ")
+_DEFINITION_HEAD = "Definition: "
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Where the parts of a Tk-Instruct prompt lie in a text, as character spans [start, end).
+
+    `query` is the task-input part ("Now complete ... Output: "), `input` the instance text inside it,
+    `demonstrations` (kind, start, end) with kind 'positive' or 'negative'."""
+
+    definition: tuple[int, int] | None
+    demonstrations: tuple[tuple[str, int, int], ...]
+    input: tuple[int, int]
+    query: tuple[int, int]
+
+
+def prompt_layout(text: str) -> PromptLayout | None:
+    """Read the parts of a prompt written by `encode_prompt` (possibly inside a chat rendering) back
+    from its text; None for text of another shape. The instance is the last 'Now complete the
+    following example' block; demonstrations and the definition come before it."""
+    q = text.rfind(QUERY_HEAD)
+    if q < 0:
+        return None
+    cue = text.rfind(OUTPUT_CUE.rstrip(" "))
+    if cue < q + len(QUERY_HEAD):
+        return None
+    query_end = cue + len(OUTPUT_CUE) if text.startswith(OUTPUT_CUE, cue) else cue + len(OUTPUT_CUE) - 1
+    starts = [(m.group(1).lower(), m.start()) for m in _DEMONSTRATION_HEAD.finditer(text, 0, q)]
+    ends = [s for _, s in starts[1:]] + [q]
+    demos = tuple((kind, start, end) for (kind, start), end in zip(starts, ends[:len(starts)], strict=True))
+    d = text.find(_DEFINITION_HEAD, 0, starts[0][1] if starts else q)
+    definition = (d, starts[0][1] if starts else q) if d >= 0 else None
+    return PromptLayout(definition, demos, (q + len(QUERY_HEAD), cue), (q, query_end))
 
 
 def resolve_encoding(spec: EncodingSpec, seed: int | None) -> EncodingSpec:
@@ -171,7 +217,7 @@ def resolve_encoding(spec: EncodingSpec, seed: int | None) -> EncodingSpec:
 
 def prompt_prefix(info: TaskInfo, spec: EncodingSpec) -> str:
     """The fixed part of every prompt of task `info` under `spec` (no token budget): task name, definition,
-    demonstrations and INSTANCE_LEAD, the same for all the task's instances.
+    demonstrations and QUERY_HEAD, the same for all the task's instances.
 
     `encode_prompt(info, x, spec)` is this prefix, then `x.strip()`, a '.' unless that ends in
     `string.punctuation` (or is empty: then always), then "\\nOutput: ". A `tk_instruct` spec is
@@ -186,7 +232,7 @@ def prompt_prefix(info: TaskInfo, spec: EncodingSpec) -> str:
                  for i, demo in enumerate(info.positive_examples[: spec.pos_examples])]
     negatives = [_demonstration("Negative", i + 1, demo, spec.explanation)
                  for i, demo in enumerate(info.negative_examples[: spec.neg_examples])]
-    return task_name + definition + "".join(positives) + "".join(negatives) + INSTANCE_LEAD
+    return task_name + definition + "".join(positives) + "".join(negatives) + QUERY_HEAD
 
 
 def pick_reference(outputs: Sequence[str], seed: int) -> str:

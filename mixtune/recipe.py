@@ -59,6 +59,10 @@ class DataSection(StrictModel):
         False, description="Causal models: pack several examples into each row (block-diagonal attention, "
         "position ids restart per example) instead of padding each to the batch maximum.")
 
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes that format, tokenize and pack examples beside "
+        "training (the batches are the same with any number). Default: 2 with a GPU, 0 on CPU.")
+
     @model_validator(mode="after")
     def _packing_needs_length(self) -> DataSection:
         if self.packing and self.max_length is None:
@@ -84,7 +88,12 @@ class TrainingSection(StrictModel):
         8, ge=1, description="Examples per process per micro-step (with data.packing they are packed into rows "
         "of data.max_length tokens).")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
-    seed: int = Field(42, description="Seed of model initialisation (config-built models), dropout and the trainer.")
+    seed: int = Field(42, ge=0, description="Seed of model initialisation (config-built models), dropout and the "
+                      "trainer (0 or more).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Mixed precision of the forward/backward pass, separate from model.dtype (the storage "
+        "dtype): bf16 or fp16 autocast over fp32 master weights (fp16 with dynamic loss scaling; a step whose "
+        "scaled gradients overflow is skipped by the scaler, not reported as NaN). DeepSpeed presets follow it.")
     save_steps: int = Field(500, ge=1, description="Write a checkpoint every N optimizer steps.")
     save_total_limit: int | None = Field(
         3, ge=1, description="Keep at most this many complete checkpoints (oldest deleted first, only once the "
@@ -164,6 +173,35 @@ class Recipe(StrictModel):
             raise ValueError("output_dir is empty: name a folder for checkpoints, logs and the final model")
         return value
 
+    @model_validator(mode="after")
+    def _settings_work_together(self) -> Recipe:
+        """Cross-field rules (both `recipe check` and `mixtune train` load recipes through here): a setting
+        that would be ignored or that cannot work with another is an error naming the field."""
+        from mixtune.train.modeling import known_kind
+
+        m, d, t = self.model, self.data, self.training
+        kind = known_kind(m)
+        if kind == "seq2seq" and d.packing:
+            raise ConfigError("packing applies to causal models; a seq2seq model would train unpacked",
+                              field="data.packing", hint="set data.packing: false")
+        if kind == "seq2seq" and m.chat_template is not None:
+            raise ConfigError("chat rendering applies to causal models; a seq2seq model trains on plain prompts",
+                              field="model.chat_template", hint="remove model.chat_template")
+        if kind == "causal" and d.max_target_length is not None:
+            raise ConfigError("max_target_length applies to seq2seq targets; a causal model would ignore it",
+                              field="data.max_target_length",
+                              hint="remove it; data.max_length bounds prompt + completion of a causal model")
+        if m.dtype != "fp32" and m.lora is None and self.distributed.deepspeed is None:
+            raise ConfigError(
+                f"model.dtype {m.dtype} would train {m.dtype} weights with no fp32 master copy"
+                + (" (and a GradScaler cannot unscale fp16 gradients)" if m.dtype == "fp16" else ""),
+                field="model.dtype", hint=f"use model.dtype: fp32 with training.precision: {m.dtype} (mixed "
+                "precision), or LoRA (frozen low-precision base), or DeepSpeed (keeps fp32 master weights)")
+        if m.dtype != "fp32" and t.precision != m.dtype:
+            raise ConfigError(f"model.dtype {m.dtype} computes in {m.dtype}, but training.precision is {t.precision}",
+                              field="training.precision", hint=f"set training.precision: {m.dtype}")
+        return self
+
     #: path of the recipe file (set by load_recipe); not a YAML key
     _source: str | None = PrivateAttr(None)
 
@@ -190,7 +228,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
                               path=path, field="distributed.deepspeed",
                               hint="a preset name (zero2, zero3, zero3_offload) or an existing .json file")
         dist["deepspeed"] = str(resolved)
-    recipe = validate(Recipe, data, path, overrides)
+    try:
+        recipe = validate(Recipe, data, path, overrides)
+    except ConfigError as e:  # a cross-field rule: add the file it came from
+        e.path = e.path or str(path)
+        raise
     recipe._source = str(path)
     return recipe
 

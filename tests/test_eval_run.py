@@ -325,3 +325,19 @@ def test_eval_run_outputs_hold_no_secret(tiny_llama_dir, collection, tmp_path, m
         text = (out / name).read_text(encoding="utf-8")
         assert token not in text and MASK in text, name
     run_eval(model, spec, out, collection=collection, baselines=False, progress=False)  # no "different evaluation"
+
+
+def test_prompt_budget_follows_the_model_context() -> None:
+    """A 256-token causal model gets a 256 - max_new_tokens budget, not the 1024 an eval spec might say."""
+    from mixtune.eval.runner import prompt_budget
+    from mixtune.eval.spec import EvalSpec
+    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+
+    small = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "max_position_embeddings": 256}
+    model, tokenizer, kind = load_model_and_tokenizer(ModelConfig(config=small))
+    assert tokenizer.model_max_length == 256  # the model's context, not MiniLM's 512
+    assert prompt_budget(EvalSpec(max_new_tokens=32), model, kind) == 224
+    assert prompt_budget(EvalSpec(max_new_tokens=32, max_source_length=1024), model, kind) == 224
+    assert prompt_budget(EvalSpec(max_new_tokens=32, max_source_length=100), model, kind) == 100
+    assert prompt_budget(EvalSpec(max_new_tokens=32), model, "seq2seq") == 256

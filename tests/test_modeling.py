@@ -106,13 +106,14 @@ def test_lora_only_adapters_trainable() -> None:
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_lora_trains_the_rows_of_added_chat_markers(tied: bool) -> None:
+def test_lora_trains_the_rows_of_added_chat_markers(tied: bool, tokenizer_source: str) -> None:
     """LoRA freezes the embeddings; the default chat template's new markers must not keep random rows."""
     from mixtune.train.modeling import chat_marker_ids
 
     torch.manual_seed(0)
     model, tok, _ = load_model_and_tokenizer(ModelConfig(config={**LLAMA, "tie_word_embeddings": tied},
-                                                         chat_template="default", lora={"r": 4, "alpha": 8}))
+                                                         chat_template="default", lora={"r": 4, "alpha": 8},
+                                                         tokenizer=tokenizer_source))
     markers = chat_marker_ids(tok)
     assert markers == tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
     extra = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
@@ -122,7 +123,8 @@ def test_lora_trains_the_rows_of_added_chat_markers(tied: bool) -> None:
     before_in = base.get_input_embeddings().weight.detach().clone()
     before_out = base.get_output_embeddings().weight.detach().clone()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    ids = torch.tensor([[markers[0], 2023, 2003, markers[1], 2178]])
+    words = tok("this is", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[markers[0], *words, markers[1], *words[:1]]])
     for _ in range(3):
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
@@ -132,7 +134,8 @@ def test_lora_trains_the_rows_of_added_chat_markers(tied: bool) -> None:
                           (merged.get_output_embeddings().weight, before_out)):
         changed = (after - before).abs().sum(-1) > 0
         assert changed[markers].all() and changed.sum() == len(markers)
-    plain, _, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"r": 4, "alpha": 8}))
+    plain, _, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"r": 4, "alpha": 8},
+                                                        tokenizer=tokenizer_source))
     assert all("lora_" in n for n, p in plain.named_parameters() if p.requires_grad)  # no markers, no extra rows
 
 
@@ -332,3 +335,13 @@ def test_encoder_decoder_generate_stops_at_eos() -> None:
     out = model.generate(**src, max_new_tokens=8, do_sample=False)
     assert out[0].tolist() == [tok.cls_token_id, tok.sep_token_id]
     assert generate(model, tok, ["a prompt", "another prompt"], batch_size=2, max_new_tokens=8, kind="seq2seq") == ["", ""]
+
+
+def test_missing_attention_kernel_is_a_config_error() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ConfigError) as e:
+        load_model_and_tokenizer(ModelConfig(config=LLAMA, attn_implementation="flash_attention_2"))
+    assert e.value.field == "model.attn_implementation" and "not available" in str(e.value)

@@ -139,7 +139,10 @@ def test_held_out_task_in_mixture_fails_when_planned(tmp_path) -> None:
                            "d_ff": 64}}, "data": {"packing": True, "max_length": 128}}, "data.packing"),
     ({"model": {"config": {"model_type": "t5", "d_model": 32, "num_layers": 2, "num_heads": 2, "d_kv": 16,
                            "d_ff": 64}, "chat_template": "default"}}, "model.chat_template"),
-    ({"model": {"attn_implementation": "flash_attention_2"}, "data": {"packing": True}}, "model.attn_implementation"),
+    ({"model": {"attn_implementation": "flash_attn2"}}, "model.attn_implementation"),
+    ({"data": {"max_target_length": 32}}, "data.max_target_length"),
+    ({"training": {"seed": -1}}, "training.seed"),
+    ({"model": {"dtype": "bf16"}}, "model.dtype"),
     ({"model": {"config": {"model_type": "no_such_architecture"}}}, "model.config.model_type"),
     ({"model": {"config": None, "name_or_path": "./no/such/folder"}}, "model.name_or_path"),
 ])
@@ -147,6 +150,7 @@ def test_incompatible_model_settings_fail(tmp_path, change, field) -> None:
     recipe = _tiny_recipe((REPO / "data_mixtures" / "superni_sample.yaml").as_posix())
     for section, values in change.items():
         for key, value in values.items():
+            recipe.setdefault(section, {})
             if value is None:
                 recipe[section].pop(key, None)
             else:
@@ -170,3 +174,28 @@ def test_console_script_runs_on_shipped_recipes(tmp_path) -> None:
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("\nOK") + proc.stdout.startswith("OK") == len(RECIPES)
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    (["model.attn_implementation=flash_attn2"], "model.attn_implementation"),
+    (["model.config.model_type=t5", "data.packing=true"], "data.packing"),
+    (["data.max_target_length=32"], "data.max_target_length"),
+    (["training.seed=-1"], "training.seed"),
+    (["model.dtype=fp16"], "model.dtype"),
+])
+def test_train_enforces_the_same_rules(tmp_path, capsys, overrides, field) -> None:
+    """`mixtune train` loads recipes through the same validators: one line naming the field, exit 2."""
+    recipe = _write(tmp_path, "r.yaml", _tiny_recipe((REPO / "data_mixtures" / "superni_sample.yaml").as_posix()))
+    assert main(["train", str(recipe), *overrides, f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixtune: error:") and f"field '{field}'" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flash_attention_with_packing_is_padding_free(tmp_path) -> None:
+    """FlashAttention packs padding-free (no 4D mask), so the recipe is valid."""
+    recipe = _tiny_recipe((REPO / "data_mixtures" / "superni_sample.yaml").as_posix())
+    recipe["model"]["attn_implementation"] = "flash_attention_2"
+    recipe["data"].update({"packing": True, "max_length": 128})
+    result = check_recipe(_write(tmp_path, "r.yaml", recipe), plan=False)
+    assert result.ok and "packing padding_free (flash_attention_2)" in result.line(), result.line()

@@ -122,7 +122,7 @@ def test_llama_zero3_recipe() -> None:
     m, d, t = recipe.model, recipe.data, recipe.training
     assert m.kind == "causal" and m.dtype == "bf16" and m.gradient_checkpointing and m.lora is None
     assert m.chat_template is not None and m.attn_implementation == "sdpa"
-    assert d.packing and d.max_length >= d.max_source_length + d.max_target_length
+    assert d.packing and d.max_target_length is None and d.max_length >= d.max_source_length + 128  # room for the answer
     assert 1e-5 <= t.learning_rate <= 2e-5 and t.lr_scheduler == "cosine" and t.warmup_ratio > 0
     assert zero_stage(deepspeed_config(recipe.distributed.deepspeed)) == 3
     assert recipe.eval.chat
@@ -286,12 +286,16 @@ def test_recipe_trains_on_cpu_with_a_tiny_model(name, tmp_path, monkeypatch) -> 
     ]
     if shipped.model.chat_template == "tokenizer":  # the tiny model's tokenizer has no chat template of its own
         overrides.append("model.chat_template=default")
+    full_finetuning = shipped.model.lora is None
+    if full_finetuning:  # without DeepSpeed's fp32 master copy, full fine-tuning keeps fp32 weights
+        overrides.append("model.dtype=fp32")
     assert main(["train", str(path), *overrides]) == 0
     run = json.loads((tmp_path / "run" / "final" / "mixtune_run.json").read_text(encoding="utf-8"))
     trained = run["recipe"]
     assert trained["data"]["packing"] == shipped.data.packing
     assert trained["data"]["max_source_length"] == shipped.data.max_source_length
-    assert trained["model"]["dtype"] == shipped.model.dtype == "bf16"
+    assert shipped.model.dtype == "bf16" and trained["model"]["dtype"] == ("fp32" if full_finetuning else "bf16")
+    assert trained["training"]["precision"] == shipped.training.precision == "bf16"  # bf16 autocast either way
     assert trained["model"]["gradient_checkpointing"] == shipped.model.gradient_checkpointing
     assert (trained["model"]["lora"] is None) == (shipped.model.lora is None)
     assert trained["training"]["learning_rate"] == shipped.training.learning_rate

@@ -111,3 +111,32 @@ def test_trained_task_counts_cover_whole_and_partial_epochs(small_plan) -> None:
     full = {t["name"]: t["realised_examples"] for t in small_plan.summary()["tasks"]}
     for task, c in counts.items():
         assert c == 2 * full[task] + first.count(task)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_dataloader_workers_give_the_same_batches(workers) -> None:
+    """Worker w yields micro-batches w, w+W, ...; the DataLoader's round robin restores the stream order."""
+    from torch.utils.data import DataLoader
+
+    def batches(num_workers: int, start: int) -> list[list[int]]:
+        stream = PositionStream(start=start, stop=start + 40, micro_batch=4)
+        loader = DataLoader(stream, batch_size=4, num_workers=num_workers, collate_fn=list)
+        return [[int(p) for p in b] for b in loader]
+
+    expected = [list(range(lo, lo + 4)) for lo in range(100, 140, 4)]
+    assert batches(0, 100) == expected
+    assert batches(workers, 100) == expected
+    assert batches(workers, 112) == expected[3:] + [list(range(140, 144)), list(range(144, 148)),
+                                                     list(range(148, 152))]  # resumed mid-stream
+
+
+def test_workers_under_accelerate_process_sharding() -> None:
+    """Two processes x two workers: each process gets its slice of every global micro-batch, in order."""
+    from accelerate.data_loader import IterableDatasetShard
+    from torch.utils.data import DataLoader
+
+    for rank in (0, 1):
+        shard = IterableDatasetShard(PositionStream(0, 24, micro_batch=4), batch_size=2, num_processes=2,
+                                     process_index=rank)
+        got = [[int(p) for p in b] for b in DataLoader(shard, batch_size=2, num_workers=2, collate_fn=list)]
+        assert got == [[lo + 2 * rank, lo + 2 * rank + 1] for lo in range(0, 24, 4)]

@@ -164,3 +164,16 @@ def test_resume_refuses_a_changed_mixture(tmp_path: Path) -> None:
                                                     global_batch_size=4, world_size=1))
     with pytest.raises(ConfigError, match="mixture changed"):
         run_training(load_recipe(TINY, [f"output_dir={out}"]))
+
+
+@pytest.mark.integration
+def test_dataloader_workers_train_on_the_same_batches(tmp_path: Path) -> None:
+    """data.num_workers=2 feeds the trainer the same micro-batches, in the same order, as the main process."""
+    logs = []
+    for workers in (0, 2):
+        log = tmp_path / f"order{workers}.jsonl"
+        recipe = load_recipe(TINY, [*FAST, "training.max_steps=3", "training.save_steps=100",
+                                           f"data.num_workers={workers}", f"output_dir={tmp_path / str(workers)}"])
+        run_training(recipe, order_log=log)
+        logs.append([json.loads(line)["positions"] for line in log.read_text().splitlines()])
+    assert logs[0] == logs[1] == [[0, 1], [2, 3], [4, 5]]

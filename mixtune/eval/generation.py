@@ -97,17 +97,14 @@ def _zero3_enabled() -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], kind: str = "causal") -> list[list[int]]:
-    """Token ids of each prompt exactly as training feeds it: causal prompts through the collator's
-    `prompt_ids` (text tokens, BOS in front when the tokenizer uses one, no EOS/SEP after); seq2seq
-    sources with the tokenizer's special tokens (as the seq2seq collator)."""
-    if not prompts:
-        return []
-    if kind == "causal":
-        from mixtune.train.collators import prompt_ids
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], kind: str = "causal",
+                   budget: int | None = None) -> list[list[int]]:
+    """Token ids of each prompt exactly as training feeds it (`mixtune.tokenization.source_ids`, the
+    one place a prompt becomes ids): causal prompts with BOS when the tokenizer uses one and no EOS
+    after, seq2seq sources with the tokenizer's special tokens; cut to `budget` tokens by the same rules."""
+    from mixtune.tokenization import source_ids
 
-        return [list(prompt_ids(tokenizer, p)) for p in prompts]
-    return [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    return [source_ids(tokenizer, p, kind=kind, budget=budget)[0] for p in prompts]  # type: ignore[arg-type]
 
 
 def length_sorted(lengths: Sequence[int]) -> list[int]:
@@ -147,13 +144,13 @@ class _TokenTicker:
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: int = 16,
              max_new_tokens: int = 128, kind: str | None = None, skip: Sequence[int] = (),
              on_batch: OnBatch | None = None, progress: bool = True, distributed: bool = True,
-             desc: str = "generating") -> list[str]:
+             desc: str = "generating", max_source_length: int | None = None) -> list[str]:
     """Greedy completions of `prompts`, in the same order (every process gets the full list).
 
     `skip`: indices not to generate (e.g. already predicted by an interrupted run); their entries
     are ''. `on_batch(indices, texts)` is called in each process after each batch (to save
     progress). With `distributed` and several accelerate processes, the work is split and
-    gathered once.
+    gathered once. `max_source_length` is the prompt budget in tokens (see `encode_prompts`).
     """
     from tqdm.auto import tqdm
 
@@ -166,7 +163,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: 
 
     skipped = set(skip)
     todo = [i for i in range(len(prompts)) if i not in skipped]
-    token_ids = dict(zip(todo, encode_prompts(tokenizer, [prompts[i] for i in todo], kind), strict=True))
+    token_ids = dict(zip(todo, encode_prompts(tokenizer, [prompts[i] for i in todo], kind,
+                                                           max_source_length), strict=True))
     order = [todo[j] for j in length_sorted([len(token_ids[i]) for i in todo])]
 
     rank, world, is_main = 0, 1, True
@@ -188,7 +186,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: 
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      generation_config=config, synced_gpus=synced,
                                      streamer=_TokenTicker(bar, max_new_tokens) if not bar.disable else None)
-                new = out[:, ids.shape[1]:] if kind == "causal" else out
+                # causal: only the new tokens; seq2seq: all but the decoder start (which may be EOS)
+                new = out[:, ids.shape[1]:] if kind == "causal" else out[:, 1:]
                 texts = [tokenizer.decode(_cut_at_eos(row.tolist(), eos_ids), skip_special_tokens=True).strip()
                          for row in new]
                 local.extend(zip(batch, texts, strict=True))

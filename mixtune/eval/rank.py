@@ -33,12 +33,14 @@ def label_ids(tokenizer: Any, label: str, eos_ids: Sequence[int]) -> list[int]:
 
 @torch.no_grad()  # not inference_mode: ZeRO-3 gathers parameters that training reuses
 def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
-                     kind: str | None = None, distributed: bool = True) -> list[float]:
-    """Summed log-likelihood of each (prompt, label) pair's label given its prompt, in order."""
+                     kind: str | None = None, distributed: bool = True,
+                     max_source_length: int | None = None) -> list[float]:
+    """Summed log-likelihood of each (prompt, label) pair's label given its prompt (cut to
+    `max_source_length` tokens as generation cuts it), in order."""
     kind = kind or model_kind(model)
     pad_id, eos_ids = special_ids(model, tokenizer)
     device = model_device(model)
-    prompts = encode_prompts(tokenizer, [p for p, _ in pairs], kind)
+    prompts = encode_prompts(tokenizer, [p for p, _ in pairs], kind, max_source_length)
     labels = [label_ids(tokenizer, lab, eos_ids) for _, lab in pairs]
     order = length_sorted([len(p) + len(t) for p, t in zip(prompts, labels, strict=True)])
 
@@ -87,11 +89,12 @@ def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]
 
 def rank_classify(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]],
                   labels_by_task: dict[str, Sequence[str]], *, batch_size: int = 16, kind: str | None = None,
-                  distributed: bool = True) -> list[dict[str, Any]]:
+                  distributed: bool = True, max_source_length: int | None = None) -> list[dict[str, Any]]:
     """Prediction records (record + "prediction", "label_scores") for the records whose task has a label set."""
     chosen = [r for r in records if labels_by_task.get(r["Task"])]
     pairs = [(r["prompt"], lab) for r in chosen for lab in labels_by_task[r["Task"]]]
-    scores = score_candidates(model, tokenizer, pairs, batch_size=batch_size, kind=kind, distributed=distributed)
+    scores = score_candidates(model, tokenizer, pairs, batch_size=batch_size, kind=kind, distributed=distributed,
+                              max_source_length=max_source_length)
     out: list[dict[str, Any]] = []
     pos = 0
     for record in chosen:

@@ -131,6 +131,19 @@ def _load_model(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
     return model, tokenizer, model_kind(model)
 
 
+def prompt_budget(spec: EvalSpec, model: Any, kind: str) -> int | None:
+    """The prompt budget in tokens: `spec.max_source_length`, never more than the model's context (less
+    `max_new_tokens` for a causal model, whose answer shares it); the context when the spec sets none."""
+    from mixtune.train.modeling import context_length
+
+    context = context_length(getattr(model, "config", None))
+    if context is not None and kind == "causal":
+        context = max(context - spec.max_new_tokens, 1)
+    if spec.max_source_length is None:
+        return context
+    return spec.max_source_length if context is None else min(spec.max_source_length, context)
+
+
 def _open_collection(spec: EvalSpec) -> Any:
     try:
         from mixtune.tasks import open_collection
@@ -213,7 +226,9 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
         "rouge_tokenizer": "default", "others": dict(others or {}),
         "chance_exact_match": chance_exact_match(collection, categories, spec.max_labels),
     }
-    run = _Run(state, model, tokenizer, kind, spec, out_dir, collection, categories, progress, step)
+    budget = prompt_budget(spec, model, kind)
+    metrics["max_source_length"] = budget
+    run = _Run(state, model, tokenizer, kind, spec, out_dir, collection, categories, progress, step, budget)
     primary_records: list[dict[str, Any]] = []
     for number, setting in enumerate(spec.settings):
         records = run.build(setting, tasks=tasks)
@@ -257,10 +272,11 @@ class _Run:
     """One evaluation's shared state: builds a setting's records, generates what is left, writes and scores."""
 
     def __init__(self, state: Any, model: Any, tokenizer: Any, kind: str, spec: EvalSpec, out_dir: Path,
-                 collection: Any, categories: dict[str, str], progress: bool, step: int | None) -> None:
+                 collection: Any, categories: dict[str, str], progress: bool, step: int | None,
+                 budget: int) -> None:
         self.state, self.model, self.tokenizer, self.kind, self.spec = state, model, tokenizer, kind, spec
         self.out_dir, self.collection, self.categories, self.progress = out_dir, collection, categories, progress
-        self.step = step
+        self.step, self.budget = step, budget
         self.scores: dict[str, Any] = {}
 
     def build(self, setting: str, **selection: Any) -> list[dict[str, Any]]:
@@ -271,8 +287,7 @@ class _Run:
         spec = self.spec
         return on_every_rank(self.state, lambda: build_eval_set(
             self.collection, spec.split, spec.max_instances_per_task, setting, tokenizer=self.tokenizer,
-            max_source_length=spec.max_source_length, chat=spec.chat, seed=spec.seed, max_labels=spec.max_labels,
-            **selection))
+            chat=spec.chat, seed=spec.seed, max_labels=spec.max_labels, **selection))  # whole prompts: cut in token space
 
     def generate(self, setting: str, records: list[dict[str, Any]], file_name: str,
                  label: str | None = None) -> list[dict[str, Any]]:
@@ -295,7 +310,8 @@ class _Run:
         try:
             texts = generate(self.model, self.tokenizer, [r["prompt"] for r in records], batch_size=spec.batch_size,
                              max_new_tokens=spec.max_new_tokens, kind=self.kind, skip=skip, on_batch=writer,
-                             progress=self.progress, desc=f"eval {label}" + (f" (step {self.step})" if self.step is not None else ""))
+                             progress=self.progress, max_source_length=self.budget,
+                             desc=f"eval {label}" + (f" (step {self.step})" if self.step is not None else ""))
         finally:
             writer.close()
         seconds = time.perf_counter() - started
@@ -330,7 +346,8 @@ class _Run:
 
         spec = self.spec
         labels = {t: lab for t in tasks if (lab := label_set(self.collection, t, spec.max_labels))}
-        ranked = rank_classify(self.model, self.tokenizer, records, labels, batch_size=spec.batch_size, kind=self.kind)
+        ranked = rank_classify(self.model, self.tokenizer, records, labels, batch_size=spec.batch_size, kind=self.kind,
+                               max_source_length=self.budget)
 
         def write() -> None:
             if ranked:

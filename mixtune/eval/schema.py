@@ -76,6 +76,7 @@ class EvalMetrics(SettingScores):
     collection: str | None = None
     split: str | None = None
     max_instances_per_task: int | None = None
+    max_source_length: int | None = Field(None, description="the prompt budget in tokens (the model's context)")
     primary_setting: str | None = None
     settings: dict[str, SettingScores] = Field(default_factory=dict)
     levels: dict[Literal["unseen_category", "unseen_task", "unseen_instance"], Level] = Field(default_factory=dict)

@@ -63,8 +63,10 @@ class EvalSpec(StrictModel):
     seed: int = Field(0, description="Seed of the controls' shuffles and of the random_label baseline.")
     chat: bool = Field(False, description="Render prompts through the tokenizer's chat template (chat models).")
     max_source_length: int | None = Field(
-        1024, ge=8, description="Prompt budget in tokens: demonstrations that do not fit are dropped, then the "
-        "prompt is cut (Tk-Instruct's rule). null: no limit.")
+        None, ge=8, description="Prompt budget in tokens, cut as training cuts (mixtune.tokenization): seq2seq "
+        "drops demonstrations that do not fit, then cuts the end (Tk-Instruct's rule); causal prompts keep their "
+        "end (the Output: cue) and lose demonstrations, then the definition's end, then the input's start. "
+        "Never more than the model's context (less max_new_tokens for causal models); null: the model's context.")
     max_new_tokens: int = Field(128, ge=1, description="Generation stops at EOS or after this many new tokens.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch (per process).")
     rank_classification: bool = Field(

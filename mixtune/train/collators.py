@@ -5,14 +5,16 @@ through untouched and are not put in the batch. A collator also accepts examples
 tokenized ({"input_ids", "labels"}).
 
 Causal models see `prompt ids + completion ids + EOS`; the prompt gets label -100, the completion
-and EOS are trained on. Truncation keeps the completion: when prompt + completion do not fit in
-`max_length`, the prompt loses tokens from its left (its start: definition and demonstrations of
-a Tk-Instruct prompt), so the instance and the answer cue right before the completion stay; the
-BOS token, if any, is kept. Only a completion that alone takes more than `max_length` is cut, from
-its right, after the last max_length // 2 prompt tokens (it then has no EOS).
+and EOS are trained on. Prompt ids come from `mixtune.tokenization.source_ids` (the same function
+generation uses) within the budget min(`max_source_length`, `max_length` - completion): the prompt
+is cut before the completion is, and always keeps its end (the instance's `Output:` cue; whole
+demonstrations go first, then the definition's end, then the instance input's start; the BOS token
+stays). Only a completion that alone takes `max_length` is cut, from its right, after the last
+max_length // 2 prompt tokens (it then has no EOS).
 
-Seq2seq models see the source ids (the tokenizer's own special tokens, cut on the right to
-`max_source_length`, as Tk-Instruct does) and target ids + EOS (cut to `max_target_length`, EOS kept).
+Seq2seq models see the source ids of `source_ids` (Tk-Instruct's rule: demonstrations dropped, then
+cut on the right to `max_source_length`, the tokenizer's own special tokens kept) and target ids + EOS
+(cut to `max_target_length`, EOS kept).
 """
 
 from __future__ import annotations
@@ -23,35 +25,12 @@ from typing import Any, Literal
 import torch
 
 from mixtune.errors import ConfigError, DataError
+from mixtune.tokenization import adds_bos, completion_ids, prompt_ids, source_ids
+
+__all__ = ["completion_ids", "prompt_ids"]  # re-exported: their home is mixtune.tokenization
 
 #: Label of tokens that do not count in the loss (prompt, padding, packing boundaries).
 IGNORE_INDEX = -100
-
-
-def _adds_bos(tokenizer: Any) -> bool:
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        return False
-    return tokenizer("a")["input_ids"][:1] == [bos]
-
-
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """Token ids of a causal prompt as training sees it: text tokens, with BOS in front when the
-    tokenizer puts one there (and the text does not already start with it). Use it for generation too."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
-        ids = [tokenizer.bos_token_id, *ids]
-    return ids
-
-
-def completion_ids(tokenizer: Any, completion: str) -> list[int]:
-    """Token ids of a completion followed by EOS (not doubled when the text already ends with it)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ConfigError("the tokenizer has no EOS token, so the model could not learn to stop",
-                          field="model.tokenizer", hint="use a tokenizer with an EOS (or a [SEP]) token")
-    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return ids if ids[-1:] == [eos] else [*ids, eos]
 
 
 def tokenize_example(tokenizer: Any, prompt: str, completion: str, *, max_length: int | None = None,
@@ -64,12 +43,8 @@ def tokenize_example(tokenizer: Any, prompt: str, completion: str, *, max_length
     `truncated` is None, "prompt" or "completion".
     """
     if kind == "seq2seq":
-        src_limit = max_source_length or max_length
-        src = tokenizer(prompt)["input_ids"]
-        truncated = None
-        if src_limit is not None and len(src) > src_limit:
-            src = tokenizer(prompt, truncation=True, max_length=src_limit)["input_ids"]
-            truncated = "prompt"
+        src, cut = source_ids(tokenizer, prompt, kind="seq2seq", budget=max_source_length or max_length)
+        truncated = "prompt" if cut else None
         tgt = completion_ids(tokenizer, completion)
         if max_target_length is not None and len(tgt) > max_target_length:
             tgt = [*tgt[: max_target_length - 1], tokenizer.eos_token_id]
@@ -78,24 +53,21 @@ def tokenize_example(tokenizer: Any, prompt: str, completion: str, *, max_length
     if kind != "causal":
         raise ConfigError(f"unknown model kind {kind!r}", field="model.kind", hint="causal or seq2seq")
 
-    p = prompt_ids(tokenizer, prompt)
     c = completion_ids(tokenizer, completion)
-    truncated = None
-    if max_length is not None and len(p) + len(c) > max_length:
+    budget = max_source_length
+    cut_completion = False
+    if max_length is not None:
         if max_length < 2:
             raise ConfigError(f"max_length {max_length} leaves no room for a prompt and an answer",
                               field="data.max_length", hint="use at least a few dozen tokens")
-        keep_bos = _adds_bos(tokenizer) and p[:1] == [tokenizer.bos_token_id]
-        head = p[:1] if keep_bos else []
-        if len(c) + len(head) < max_length:
-            room = max_length - len(c) - len(head)
-            p = head + p[len(p) - room:] if room else head
-            truncated = "prompt"
-        else:
-            room = max(max_length // 2 - len(head), 0)
-            p = head + (p[len(p) - room:] if room else [])
-            c = c[: max_length - len(p)]
-            truncated = "completion"
+        n_bos = 1 if adds_bos(tokenizer) else 0
+        cut_completion = len(c) + n_bos >= max_length
+        room = max(max_length // 2, n_bos) if cut_completion else max_length - len(c)
+        budget = room if budget is None else min(budget, room)
+    p, cut_prompt = source_ids(tokenizer, prompt, kind="causal", budget=budget)
+    if cut_completion:
+        c = c[: max_length - len(p)]  # type: ignore[operator]
+    truncated = "completion" if cut_completion else "prompt" if cut_prompt else None
     return {"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c, "truncated": truncated}
 
 
@@ -143,18 +115,20 @@ class CompletionOnlyCollator:
     each is checked to train on the template's end-of-turn token."""
 
     def __init__(self, tokenizer: Any, *, max_length: int | None = None, pad_to_multiple_of: int | None = None,
-                 chat: bool = False) -> None:
+                 chat: bool = False, max_source_length: int | None = None) -> None:
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.max_source_length = max_source_length
         self.chat = chat
         self._pad = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id,
                                                     pad_to_multiple_of=pad_to_multiple_of)
 
     def tokenize(self, features: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Tokenized copies of the examples (already tokenized ones unchanged)."""
-        return _tokenized(features, self.tokenizer, "causal", self.chat, max_length=self.max_length)
+        return _tokenized(features, self.tokenizer, "causal", self.chat, max_length=self.max_length,
+                          max_source_length=self.max_source_length)
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         examples = self.tokenize(features)

@@ -10,7 +10,10 @@ examples (prompt, completion) and tensors. Consequences:
 - the global order does not depend on the number of processes: optimizer step t consumes positions
   [t·G, (t+1)·G) with G = per_device_batch × grad_accum × world_size;
 - resuming at position P costs nothing: the stream simply starts at P (no replay, no skipping);
-- only the examples a process trains on are encoded on that process.
+- only the examples a process trains on are encoded on that process;
+- DataLoader workers (`data.num_workers`) split the stream by micro-batch: worker w of W yields the
+  positions of global micro-batches w, w+W, ... and the DataLoader returns the workers' batches in
+  that round-robin order, so the batches are the same with any number of workers (and resumable).
 """
 
 from __future__ import annotations
@@ -25,16 +28,33 @@ from torch.utils.data import IterableDataset
 
 
 class PositionStream(IterableDataset):
-    """Positions `start, start+1, ..., stop-1` of the training stream (an IterableDataset of ints)."""
+    """Positions `start, start+1, ..., stop-1` of the training stream (an IterableDataset of ints).
 
-    def __init__(self, start: int, stop: int) -> None:
+    `micro_batch` is the number of positions of one global micro-batch (per-device batch x processes):
+    inside DataLoader worker w of W, only the micro-batches w, w+W, ... are yielded (see the module doc).
+    """
+
+    def __init__(self, start: int, stop: int, *, micro_batch: int = 1) -> None:
         if not 0 <= start <= stop:
             raise ValueError(f"invalid stream range [{start}, {stop})")
+        if micro_batch < 1:
+            raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
         self.start = start
         self.stop = stop
+        self.micro_batch = micro_batch
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
+        from torch.utils.data import get_worker_info
+
+        worker = get_worker_info()
+        if worker is None or worker.num_workers == 1:
+            return iter(range(self.start, self.stop))
+        return self._worker_share(worker.id, worker.num_workers)
+
+    def _worker_share(self, index: int, workers: int) -> Iterator[int]:
+        size = self.micro_batch
+        for lo in range(self.start + index * size, self.stop, workers * size):
+            yield from range(lo, min(lo + size, self.stop))
 
     def set_epoch(self, epoch: int) -> None:
         """The order is fixed by positions; epochs of the Trainer's loop change nothing."""
@@ -98,7 +118,10 @@ class StreamCollator:
                 f.write(json.dumps(record) + "\n")
         batch = self.collate(examples)
         ids = batch.get("input_ids")
-        if self.max_positions and isinstance(ids, torch.Tensor) and ids.shape[-1] > self.max_positions:
+        positions_ids = batch.get("position_ids")  # padding-free rows: positions restart at each example
+        length = (int(positions_ids.max()) + 1 if isinstance(positions_ids, torch.Tensor) and positions_ids.numel()
+                  else ids.shape[-1] if isinstance(ids, torch.Tensor) else 0)
+        if self.max_positions and length > self.max_positions:
             from mixtune.errors import DataError
 
             mask = batch.get("attention_mask")
@@ -107,11 +130,12 @@ class StreamCollator:
             longest = max(range(len(lengths)), key=lambda i: lengths[i])
             i = min(longest, len(examples) - 1)
             raise DataError(
-                f"the example at stream position {positions[i]} (task {examples[i]['task']}) is {ids.shape[-1]} "
+                f"the example at stream position {positions[i]} (task {examples[i]['task']}) is {length} "
                 f"tokens long; the model takes at most {self.max_positions} (max_position_embeddings)",
                 field=self.length_field, hint=f"set {self.length_field} to at most {self.max_positions} "
                 "to truncate long examples")
-        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        # tensors, and the ints of padding-free batches (max_length_q/k)
+        return {k: v for k, v in batch.items() if isinstance(v, (torch.Tensor, int))}
 
 
 def position_limit(model: Any) -> int | None:

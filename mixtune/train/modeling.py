@@ -24,13 +24,14 @@ applied here, so the trainer receives a model ready to train.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mixtune.config import StrictModel
 from mixtune.errors import ConfigError
@@ -44,6 +45,22 @@ MINILM = "minilm"
 Kind = Literal["causal", "seq2seq"]
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+#: model.attn_implementation values transformers knows (besides kernel-hub 'org/repo' kernels).
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+Layout = Literal["padding_free", "block_mask", "mask4d"]
+
+
+def packing_layout(attn_implementation: str | None) -> Layout:
+    """The packed-batch layout an attention kernel takes (mixtune.train.packing): padding-free for the
+    varlen FlashAttention kernels and kernel-hub kernels, a flex BlockMask, else a 4D mask (sdpa, eager)."""
+    name = attn_implementation or "sdpa"
+    if name.startswith("flash_attention") or "/" in name:
+        return "padding_free"
+    if name == "flex_attention":
+        return "block_mask"
+    return "mask4d"
 
 
 class LoraSpec(StrictModel):
@@ -101,10 +118,14 @@ class ModelConfig(StrictModel):
         description="causal (decoder-only) or seq2seq (encoder-decoder, e.g. T5); detected from the model "
         "config's is_encoder_decoder when left out.",
     )
-    dtype: Literal["bf16", "fp16", "fp32"] = Field("fp32", description="Parameter dtype the model is loaded in.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "fp32", description="Storage dtype the weights are loaded and kept in (e.g. bf16 for a frozen LoRA base). "
+        "Mixed precision is training.precision: full fine-tuning keeps fp32 weights (the master copy) and "
+        "computes in training.precision.")
     attn_implementation: str | None = Field(
-        "sdpa", description="Attention kernel: sdpa, eager, flash_attention_2, flex_attention, or null for "
-        "the transformers default."
+        "sdpa", description="Attention kernel: sdpa, eager, flash_attention_2, flash_attention_3, flex_attention, "
+        "a kernel-hub kernel ('org/repo'), or null for the transformers default. It also picks the packing layout "
+        "(mixtune.train.packing)."
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (non-reentrant) to save memory."
@@ -130,6 +151,16 @@ class ModelConfig(StrictModel):
         "('minilm' for the bundled MiniLM encoder): every tensor whose name (ignoring the model's base prefix, "
         "e.g. 'model.' or 'bert.') and shape match is copied, the rest stays randomly initialised.",
     )
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _known_attention(cls, value: str | None) -> str | None:
+        if value is None or value in ATTENTION_IMPLEMENTATIONS or "/" in value:
+            return value
+        from mixtune.config import suggest
+
+        hint = suggest(value, ATTENTION_IMPLEMENTATIONS) or f"one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
+        raise ValueError(f"unknown attention implementation {value!r}: {hint}, or a kernel-hub 'org/repo'")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -210,6 +241,49 @@ def end_of_turn_id(tokenizer: Any) -> int | None:
     from mixtune.encodings import DEFAULT_END_OF_TURN
 
     return tokenizer.get_vocab().get(DEFAULT_END_OF_TURN)
+
+
+def known_kind(cfg: ModelConfig) -> Kind | None:
+    """The model's kind as far as it can be told without loading it: model.kind, an encoder_decoder, a
+    config's model_type, or a local folder's config.json; None for a hub model of undeclared kind."""
+    if cfg.kind is not None:
+        return cfg.kind
+    if cfg.encoder_decoder is not None:
+        return "seq2seq"
+    if cfg.config is not None:
+        values = dict(cfg.config)
+        if "is_encoder_decoder" in values:
+            return "seq2seq" if values["is_encoder_decoder"] else "causal"
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        try:
+            config_cls = CONFIG_MAPPING[values["model_type"]]
+        except KeyError:
+            return None
+        return "seq2seq" if getattr(config_cls(), "is_encoder_decoder", False) else "causal"
+    folder = Path(str(cfg.name_or_path)).expanduser()
+    try:
+        import json
+
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "seq2seq" if config.get("is_encoder_decoder") else "causal"
+
+
+def context_length(config: Any) -> int | None:
+    """The longest input the model takes, from its config (max_position_embeddings, n_positions, ...;
+    an encoder-decoder's encoder), or None when the config does not say (e.g. relative positions)."""
+    if config is None:
+        return None
+    encoder = getattr(config, "encoder", None)
+    if getattr(config, "is_encoder_decoder", False) and encoder is not None and not isinstance(encoder, dict):
+        config = encoder
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _torch_dtype(name: str) -> Any:
@@ -456,6 +530,19 @@ def _apply_lora(model: Any, spec: LoraSpec, kind: Kind, new_token_ids: list[int]
                           hint="use 'all-linear' or module names of this model (e.g. q_proj, v_proj)") from None
 
 
+@contextlib.contextmanager
+def _attention_available(cfg: ModelConfig) -> Any:
+    """Turn transformers' error for an attention kernel this machine lacks into a one-line ConfigError."""
+    try:
+        yield
+    except ImportError as e:
+        if cfg.attn_implementation is None or cfg.attn_implementation.split("_")[0] not in str(e).lower():
+            raise
+        raise ConfigError(f"attention implementation {cfg.attn_implementation!r} is not available here: "
+                          f"{str(e).splitlines()[0]}", field="model.attn_implementation",
+                          hint="install its package (e.g. flash-attn on a CUDA machine) or use sdpa") from None
+
+
 def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
     """Build or load the model of a `model:` section, with its tokenizer and kind ('causal'/'seq2seq').
 
@@ -478,18 +565,15 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         tokenizer = load_tokenizer(cfg)
         kind = "seq2seq"
         model = build_encoder_decoder(cfg.encoder_decoder, tokenizer, extra)
-        tokenizer.model_max_length = min(tokenizer.model_max_length,
-                                         model.config.encoder.max_position_embeddings)
     elif cfg.config is not None:
         tokenizer = load_tokenizer(cfg)
         config = _build_config(cfg, tokenizer)
         kind = _detect_kind(config, cfg.kind)
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-        model = auto.from_config(config, **extra)
+        with _attention_available(cfg):
+            model = auto.from_config(config, **extra)
         if cfg.init_from is not None:
             warm_start(model, cfg.init_from)
-        if getattr(config, "max_position_embeddings", None):
-            tokenizer.model_max_length = config.max_position_embeddings  # the model's, not MiniLM's 512
     else:
         source = cfg.name_or_path
         assert source is not None
@@ -504,11 +588,16 @@ def load_model_and_tokenizer(cfg: ModelConfig) -> tuple[Any, Any, Kind]:
         kind = _detect_kind(config, cfg.kind)
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         try:
-            model = auto.from_pretrained(source, use_safetensors=True, trust_remote_code=cfg.trust_remote_code, **extra)
+            with _attention_available(cfg):
+                model = auto.from_pretrained(source, use_safetensors=True, trust_remote_code=cfg.trust_remote_code,
+                                             **extra)
         except OSError as e:
             raise ConfigError(f"cannot load weights of {source!r}: {e}", field="model.name_or_path",
                               hint="mixtune loads safetensors weights only; convert .bin checkpoints first") from None
 
+    context = context_length(model.config)
+    if context is not None:  # the model's, not the tokenizer's (MiniLM's 512, Llama-3's 131072)
+        tokenizer.model_max_length = context
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     _set_special_ids(model, tokenizer, kind, fresh=cfg.name_or_path is None)

@@ -9,6 +9,11 @@
   log the same message, and go on; more than `max_consecutive_skips` skipped steps in a row stop
   the run, since then the model itself has diverged.
 
+With fp16 loss scaling (a GradScaler on the optimizer, training.precision: fp16), non-finite
+gradients are first the scaler's ordinary overflow: the scaler itself skips that update and lowers
+its scale, so the guard only records the step (`overflow_skips`) and goes on, with either policy;
+more than `max_consecutive_skips` overflows in a row mean a real divergence and stop the run.
+
 Under DeepSpeed the gradients live in the engine's partitions, not in `param.grad`, and the engine
 applies the update inside backward. There the trainer checks every micro-batch's loss before its
 backward instead (`check_loss`, one all-reduced flag, so every rank stops together): a non-finite loss
@@ -53,6 +58,7 @@ class NanGuardCallback(TrainerCallback):
         self.global_batch_size = global_batch_size
         self.max_consecutive_skips = max_consecutive_skips
         self.skipped: list[int] = []
+        self.overflow_skips: list[int] = []
         self._consecutive = 0
 
     def batch_tasks(self, step: int) -> Counter[str]:
@@ -95,6 +101,17 @@ class NanGuardCallback(TrainerCallback):
         step = state.global_step + 1
         text = self.message(step)
         hint = f"{HINT}; training.on_nan: skip drops such steps"
+        scaler = getattr(kwargs.get("optimizer"), "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            self._consecutive += 1
+            if self._consecutive > self.max_consecutive_skips:
+                raise NonFiniteLossError(f"{text}: {self._consecutive} loss-scaler overflows in a row (scale "
+                                         f"{scaler.get_scale():g}): the model has diverged", field="training.on_nan",
+                                         hint=HINT)
+            self.overflow_skips.append(step)
+            logger.info("step %d: fp16 gradients overflowed; the loss scaler skips this update and lowers its "
+                        "scale (%g)", step, scaler.get_scale())
+            return
         if self.policy == "stop":
             raise NonFiniteLossError(text, field="training.on_nan", hint=hint)
         self._consecutive += 1

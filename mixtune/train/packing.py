@@ -1,23 +1,32 @@
-"""Packing several causal examples into each row, without cross-contamination.
+"""Packing several causal examples into each batch, without cross-contamination.
 
 Each batch of examples (as the sampler hands them out, so resuming at a sample position still
-gives the same batches) is tokenized and packed into rows of at most `max_length` tokens:
+gives the same batches) is tokenized and packed. Every example keeps its own positions
+(position_ids restart at 0), attention never crosses examples, and the first token of each
+example has label -100 (no example is trained to predict the next one's first token), so the loss
+of a packed batch is the loss of the same examples run one by one (token-weighted), see
+tests/test_packing.py. How attention is kept inside each example depends on the kernel
+(`packing_layout(attn_implementation)`):
 
+* `padding_free` (flash_attention_2/3, kernel-hub kernels): the batch is one row of all its
+  examples, no padding, with `position_ids` and the cumulative sequence lengths `cu_seq_lens_q/k`
+  and `max_length_q/k` -- exactly transformers' `DataCollatorWithFlattening` (which makes it);
+  the varlen FlashAttention kernels read the boundaries from them. No mask at all.
+* `block_mask` (flex_attention): rows of at most `max_length` tokens with `packed_segment_ids`
+  [rows, L] (-1 on padding); the trainer turns them into a flex `BlockMask` on the device
+  (`flex_block_mask`), so no dense mask is built or moved.
+* `mask4d` (sdpa, eager): rows of at most `max_length` tokens with a 4D block-diagonal causal mask
+  [rows, 1, L, L]: boolean (True = may attend) for sdpa, additive in `mask_dtype` for eager (whose
+  kernel adds the mask to the scores). Padding attends only to itself (no all-masked softmax row).
+
+Rows (block_mask, mask4d) are filled by `pack_lengths`:
 * `strategy="balanced"` (default): as many rows as the tokens need (ceil(total / max_length)),
   filled longest-example-first into the currently shortest row that still has room (a new row
   when none has); rows end up nearly equally long, so padding to the longest row wastes little.
 * `strategy="bfd"`: best-fit decreasing, longest example first into the fullest row it fits in.
 
-In a row every example keeps its own positions (position_ids restart at 0) and attention never
-crosses examples: the batch carries a 4D block-diagonal causal mask of shape [rows, 1, L, L],
-additive (0 where a query may attend a key, the dtype's minimum elsewhere), which transformers
-passes through unchanged to the sdpa and eager kernels. Padding tokens attend only to themselves
-(no all-masked softmax row). The first token of each example has label -100, so no example is
-trained to predict the next example's first token. The loss of a packed batch is therefore the
-loss of the same examples run one by one (token-weighted), see tests/test_packing.py.
-
-Restarting position_ids alone are not enough under sdpa/eager (tokens would attend to the earlier
-examples of the row); TRL's padding-free path avoids the mask but needs FlashAttention (GPU).
+Restarting position_ids alone are not enough under sdpa/eager/flex (tokens would attend to the
+earlier examples of the row); only the varlen FlashAttention path reads boundaries from them.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from typing import Any, Literal
 import torch
 
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator, check_loss_mask
+from mixtune.train.modeling import Layout, packing_layout
+
+__all__ = ["Layout", "packing_layout"]  # re-exported: the layout follows the model's attention kernel
 
 Strategy = Literal["balanced", "bfd"]
-
-
 def pack_lengths(lengths: Sequence[int], max_length: int, strategy: Strategy = "balanced") -> list[list[int]]:
     """Group example indices into rows whose total length is at most max_length.
 
@@ -73,16 +83,32 @@ def pack_lengths(lengths: Sequence[int], max_length: int, strategy: Strategy = "
     return [sorted(row) for row in rows if row]
 
 
-def block_causal_mask(segments: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive [rows, 1, L, L] mask from per-token segment ids [rows, L]: a query attends keys of
-    its own segment at or before it. Segment id -1 marks padding, which attends only to itself."""
-    rows, length = segments.shape
+def block_causal_mask(segments: torch.Tensor, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """[rows, 1, L, L] mask from per-token segment ids [rows, L]: a query attends keys of its own
+    segment at or before it. Segment id -1 marks padding, which attends only to itself. Boolean
+    (True = may attend) for `dtype=torch.bool`, else additive (0 or the dtype's minimum)."""
+    length = segments.shape[1]
     same = segments[:, :, None] == segments[:, None, :]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     allowed = same & causal & (segments[:, :, None] >= 0)
     allowed |= torch.eye(length, dtype=torch.bool)
-    mask = torch.zeros(rows, 1, length, length, dtype=dtype)
+    if dtype == torch.bool:
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape[0], 1, length, length, dtype=dtype)
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def flex_block_mask(segments: torch.Tensor) -> Any:
+    """flex attention's BlockMask for per-token segment ids [rows, L] (built on their device): the
+    same rule as `block_causal_mask`, evaluated block-sparsely by the flex kernel."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    rows, length = segments.shape
+
+    def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        return ((segments[b, q] == segments[b, kv]) & (q >= kv) & (segments[b, q] >= 0)) | (q == kv)
+
+    return create_block_mask(mask_mod, rows, None, length, length, device=segments.device)
 
 
 @dataclass
@@ -105,25 +131,32 @@ class PackingStats:
 
 
 class PackingCollator:
-    """Causal batches with several examples per row: input_ids, labels, position_ids (restarting per
-    example) and a 4D block-diagonal causal attention_mask in `mask_dtype` (use the model's compute
-    dtype: sdpa wants the mask in the query dtype). Rows are padded to the longest row of the batch
-    (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch."""
+    """Causal batches with several examples per row in the `layout` of the attention kernel (see the
+    module docstring): input_ids, labels, position_ids (restarting per example) and the boundaries
+    (cu_seq_lens, packed_segment_ids or a 4D attention_mask). `mask_dtype` is the dtype of the 4D
+    mask: torch.bool for sdpa, the compute dtype for eager. Rows are padded to the longest row of
+    the batch (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch."""
 
     def __init__(self, tokenizer: Any, *, max_length: int, strategy: Strategy = "balanced",
-                 mask_dtype: torch.dtype = torch.float32, pad_to_multiple_of: int | None = None,
-                 chat: bool = False) -> None:
+                 mask_dtype: torch.dtype = torch.bool, pad_to_multiple_of: int | None = None,
+                 chat: bool = False, max_source_length: int | None = None, layout: Layout = "mask4d") -> None:
+        if layout not in ("padding_free", "block_mask", "mask4d"):
+            raise ValueError(f"unknown packing layout {layout!r}")
+        self.layout = layout
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.strategy = strategy
         self.mask_dtype = mask_dtype
         self.pad_to_multiple_of = pad_to_multiple_of
-        self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat)
+        self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat,
+                                                 max_source_length=max_source_length)
         self.last_stats: PackingStats | None = None
 
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         examples = self._tokenizing.tokenize(features)
         lengths = [len(e["input_ids"]) for e in examples]
+        if self.layout == "padding_free":
+            return self._flattened(examples, lengths, features)
         rows = pack_lengths(lengths, self.max_length, self.strategy)
         length = max(sum(lengths[i] for i in row) for row in rows)
         if self.pad_to_multiple_of:
@@ -146,5 +179,19 @@ class PackingCollator:
         self.last_stats = PackingStats(examples=len(examples), rows=len(rows), row_length=length,
                                        useful_tokens=sum(lengths),
                                        trained_tokens=int((labels != IGNORE_INDEX).sum()))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                "attention_mask": block_causal_mask(segments, self.mask_dtype)}
+        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        if self.layout == "block_mask":
+            return {**batch, "packed_segment_ids": segments}
+        return {**batch, "attention_mask": block_causal_mask(segments, self.mask_dtype)}
+
+    def _flattened(self, examples: list[dict[str, Any]], lengths: list[int],
+                   features: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        from transformers import DataCollatorWithFlattening
+
+        flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True, separator_id=IGNORE_INDEX)
+        batch = flatten([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], return_tensors="pt")
+        check_loss_mask(batch["labels"], features)
+        self.last_stats = PackingStats(examples=len(examples), rows=1, row_length=sum(lengths),
+                                       useful_tokens=sum(lengths),
+                                       trained_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))
+        return dict(batch)

@@ -85,6 +85,7 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
 
     # The plan's world size is known once the training arguments have set up the processes.
     from mixtune.train.launch import check_cpu_deepspeed_launch
+    from mixtune.train.modeling import known_kind
     from mixtune.train.trainer import (
         _has_accelerator,
         build_collator,
@@ -93,7 +94,7 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     )
 
     check_cpu_deepspeed_launch(recipe, has_accelerator=_has_accelerator())
-    kind_hint = recipe.model.kind or _kind_from_config(recipe)
+    kind_hint = known_kind(recipe.model) or "causal"
     probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
     world = probe.world_size
     g_batch = global_batch_size(recipe.training.per_device_batch_size,
@@ -149,10 +150,11 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     collate = build_collator(recipe, model, tokenizer, kind)
     limit, length_field = position_limit(model), _length_field(kind)
     _check_length(recipe, limit, length_field)
-    collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
-                              order_log=order_log, rank=args.process_index, max_positions=limit,
+    # prompts come whole from the plan; the collator fits them to the budgets in token space
+    collator = StreamCollator(plan, collate, order_log=order_log, rank=args.process_index, max_positions=limit,
                               length_field=length_field)
-    stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
+    stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch,
+                            micro_batch=recipe.training.per_device_batch_size * world)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
                            global_batch=g_batch, world=world, stop_position=stream.stop, schedule=schedule)
     heldout = None
@@ -380,13 +382,6 @@ def _check_length(recipe: Recipe, limit: int | None, field: str) -> None:
     if limit is not None and value is not None and value > limit:
         raise ConfigError(f"{value} is longer than the model's max_position_embeddings ({limit})",
                           path=recipe.source, field=field, hint=f"set {field} to at most {limit}")
-
-
-def _kind_from_config(recipe: Recipe) -> str:
-    cfg = recipe.model.config or {}
-    if cfg.get("is_encoder_decoder") or str(cfg.get("model_type", "")).lower() in {"t5", "mt5", "umt5", "bart"}:
-        return "seq2seq"
-    return "causal"
 
 
 def trained_task_counts(plan: Any, stop_position: int) -> dict[str, int]:

@@ -37,7 +37,7 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         os.makedirs(recipe.output_dir, exist_ok=True)
         report_to = ["wandb"]
     warmup: float = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
-    dtype = recipe.model.dtype
+    precision = t.precision  # mixed precision over the weights' storage dtype (model.dtype)
     cls = Seq2SeqTrainingArguments if kind == "seq2seq" else TrainingArguments
     return cls(
         output_dir=recipe.output_dir,
@@ -50,8 +50,8 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
-        bf16=dtype == "bf16",
-        fp16=dtype == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=None,  # mixtune rotates after marking complete (CheckpointStateCallback)
@@ -65,13 +65,24 @@ def build_training_arguments(recipe: Recipe, *, max_steps: int, kind: str) -> An
         ignore_data_skip=True,
         remove_unused_columns=False,
         accelerator_config={"dispatch_batches": False, "split_batches": False},
-        dataloader_num_workers=0,  # examples are formatted in the collator, on demand
+        # the collator formats, tokenizes and packs in these worker processes (mixtune.train.data)
+        dataloader_num_workers=data_workers(recipe),
+        dataloader_prefetch_factor=4 if data_workers(recipe) else None,
+        dataloader_persistent_workers=bool(data_workers(recipe)),
         dataloader_pin_memory=_has_accelerator(),
         deepspeed=(deepspeed_config(recipe.distributed.deepspeed, recipe_path=recipe.source)
                    or from_launcher_env()),
         ddp_timeout=recipe.distributed.timeout_s,
         use_cpu=not _has_accelerator(),  # on CPU, several processes need accelerate's gloo setup
     )
+
+
+def data_workers(recipe: Recipe) -> int:
+    """DataLoader worker processes: `data.num_workers`, by default 2 with a GPU (so the data path keeps
+    up with it, see bench/bench_data.py) and 0 on CPU (where the trainer itself needs the cores)."""
+    if recipe.data.num_workers is not None:
+        return recipe.data.num_workers
+    return 2 if _has_accelerator() else 0
 
 
 def _collective_timeout(seconds: int) -> None:
@@ -106,7 +117,7 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
     import torch
 
     from mixtune.train.collators import CompletionOnlyCollator, Seq2SeqCollator
-    from mixtune.train.packing import PackingCollator
+    from mixtune.train.packing import PackingCollator, packing_layout
 
     d = recipe.data
     chat = recipe.model.chat_template is not None
@@ -114,9 +125,13 @@ def build_collator(recipe: Recipe, model: Any, tokenizer: Any, kind: str) -> Any
         return Seq2SeqCollator(tokenizer, model, max_source_length=d.max_source_length,
                                max_target_length=d.max_target_length)
     if d.packing:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.model.dtype, torch.float32)
-        return PackingCollator(tokenizer, max_length=d.max_length, mask_dtype=dtype, chat=chat)
-    return CompletionOnlyCollator(tokenizer, max_length=d.max_length, chat=chat)
+        attn = recipe.model.attn_implementation
+        # eager adds the mask to scores in the compute dtype; sdpa takes a boolean mask
+        compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.model.dtype, torch.float32)
+        return PackingCollator(tokenizer, max_length=d.max_length, chat=chat, max_source_length=d.max_source_length,
+                               layout=packing_layout(attn), mask_dtype=compute if attn == "eager" else torch.bool)
+    return CompletionOnlyCollator(tokenizer, max_length=d.max_length, chat=chat,
+                                  max_source_length=d.max_source_length)
 
 
 def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dataset: Any,
@@ -142,6 +157,14 @@ def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dat
     guard = next((c for c in callbacks if isinstance(c, NanGuardCallback)), None)
 
     class MixtuneTrainer(base):  # type: ignore[misc, valid-type]
+        def _prepare_inputs(self, inputs: Any) -> Any:
+            inputs = super()._prepare_inputs(inputs)
+            if "packed_segment_ids" in inputs:  # flex attention: the packed rows' BlockMask, on the device
+                from mixtune.train.packing import flex_block_mask
+
+                inputs["attention_mask"] = flex_block_mask(inputs.pop("packed_segment_ids"))
+            return inputs
+
         def compute_loss(self, model: Any, inputs: Any, *rest: Any, **kwargs: Any) -> Any:
             result = super().compute_loss(model, inputs, *rest, **kwargs)
             if guard is not None and self.is_deepspeed_enabled and model.training:
