@@ -120,6 +120,11 @@ def _resolve(spec: EncodingSpec, seed: int | None) -> EncodingSpec:
     return random.Random(seed).choice(TK_INSTRUCT_ENCODINGS)
 
 
+#: The fixed text in front of the instance input, and the answer cue after it.
+QUERY_HEAD = "Now complete the following example -\nInput: "
+OUTPUT_CUE = "\nOutput: "
+
+
 def encode_prompt(info: TaskInfo, input: str, spec: EncodingSpec, *, seed: int | None = None,
                   tokenizer: Any = None, max_source_length: int | None = None) -> str:
     """The prompt (source) Tk-Instruct writes for `input` of task `info` under `spec`.
@@ -135,7 +140,7 @@ def encode_prompt(info: TaskInfo, input: str, spec: EncodingSpec, *, seed: int |
     def fits(text: str) -> bool:
         return not budget or len(tokenizer(text)["input_ids"]) <= max_source_length
 
-    task_input = _end(f"Now complete the following example -\nInput: {input.strip()}") + "\nOutput: "
+    task_input = _end(QUERY_HEAD + input.strip()) + OUTPUT_CUE
     task_name = f"{info.name}. " if spec.task_name else ""
     definition = _end(f"Definition: {info.definition.strip()}") + "\n\n" if spec.definition else ""
 
@@ -171,9 +176,6 @@ def select_demonstrations(definition: str, positives: Sequence[str], negatives: 
     return kept_pos, kept_neg
 
 
-#: The fixed text in front of the instance input, and the answer cue after it.
-QUERY_HEAD = "Now complete the following example -\nInput: "
-OUTPUT_CUE = "\nOutput: "
 _DEMONSTRATION_HEAD = re.compile(r" (Positive|Negative) Example \d+ -\nInput: ")
 _DEFINITION_HEAD = "Definition: "
 

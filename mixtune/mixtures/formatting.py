@@ -13,14 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mixtune.encodings import pick_reference
+from mixtune.encodings import OUTPUT_CUE, pick_reference
 
 #: The characters `str.strip()` removes (every c with c.isspace()); tests check the list is complete.
 PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                  "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 _PUNCTUATION_BYTES = np.zeros(256, dtype=bool)
 _PUNCTUATION_BYTES[list(string.punctuation.encode("ascii"))] = True
-_OUTPUT_LEAD = "\nOutput: "
 
 
 def instance_prompts(prefixes: pa.Array, inputs: pa.Array) -> pa.Array:
@@ -29,7 +28,7 @@ def instance_prompts(prefixes: pa.Array, inputs: pa.Array) -> pa.Array:
     With `prefixes` from `prompt_prefix`, this is `encode_prompt`'s string (no token budget).
     """
     stripped = pc.utf8_trim(inputs, characters=PY_WHITESPACE)
-    tails = pc.if_else(pa.array(_ends_in_punctuation(stripped)), _OUTPUT_LEAD, "." + _OUTPUT_LEAD)
+    tails = pc.if_else(pa.array(_ends_in_punctuation(stripped)), OUTPUT_CUE, "." + OUTPUT_CUE)
     return pc.binary_join_element_wise(prefixes, stripped, tails, "")
 
 
