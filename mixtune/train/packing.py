@@ -108,7 +108,8 @@ class PackingCollator:
     """Causal batches with several examples per row: input_ids, labels, position_ids (restarting per
     example) and a 4D block-diagonal causal attention_mask in `mask_dtype` (use the model's compute
     dtype: sdpa wants the mask in the query dtype). Rows are padded to the longest row of the batch
-    (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch."""
+    (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch and
+    `last_layout` its rows: per row, the (example index, length) of its examples in order."""
 
     def __init__(self, tokenizer: Any, *, max_length: int, strategy: Strategy = "balanced",
                  mask_dtype: torch.dtype = torch.float32, pad_to_multiple_of: int | None = None,
@@ -120,6 +121,7 @@ class PackingCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat)
         self.last_stats: PackingStats | None = None
+        self.last_layout: list[list[tuple[int, int]]] = []
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         examples = self._tokenizing.tokenize(features)
@@ -143,6 +145,7 @@ class PackingCollator:
                 segments[r, start:start + n] = seg
                 start += n
         check_loss_mask(labels, features)
+        self.last_layout = [[(i, lengths[i]) for i in row] for row in rows]  # per row: (example, length)
         self.last_stats = PackingStats(examples=len(examples), rows=len(rows), row_length=length,
                                        useful_tokens=sum(lengths),
                                        trained_tokens=int((labels != IGNORE_INDEX).sum()))

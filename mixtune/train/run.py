@@ -9,7 +9,8 @@ Features and the recipe keys that control them:
 - DeepSpeed ZeRO (`distributed.deepspeed`): a preset or a JSON file;
 - checkpoints every `training.save_steps`, completed by a marker; `resume:` auto/never/path
   continues from the saved stream position in O(1), also with another number of processes;
-- logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar;
+- logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar; the training
+  loss per task, category and source at every logging step in `output_dir/losses.jsonl`;
 - outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`).
 """
 
@@ -151,7 +152,7 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     _check_length(recipe, limit, length_field)
     collator = StreamCollator(plan, collate, tokenizer=tokenizer, max_source_length=recipe.data.max_source_length,
                               order_log=order_log, rank=args.process_index, max_positions=limit,
-                              length_field=length_field)
+                              length_field=length_field, task_ids=True)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
                            global_batch=g_batch, world=world, stop_position=stream.stop, schedule=schedule)
@@ -353,6 +354,7 @@ def _start_over(output_dir: Path) -> None:
 def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_step: int, start_position: int,
                global_batch: int, world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
     from mixtune.train.nan_guard import NanGuardCallback
+    from mixtune.train.task_losses import TaskLossCallback
 
     callbacks: list[Any] = [
         StaleCheckpointCallback(),
@@ -363,6 +365,7 @@ def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_st
         MixtureLogCallback(plan.hash, trained_task_counts(plan, stop_position)),
         NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
                          start_position=start_position, global_batch_size=global_batch),
+        TaskLossCallback(plan, recipe.output_dir, start_step=start_step),
     ]
     if recipe.training.on_nan == "stop":
         callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
