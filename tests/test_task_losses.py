@@ -149,3 +149,16 @@ def test_a_resumed_run_drops_lines_after_its_checkpoint(tmp_path: Path) -> None:
     line = callback.line(3, [6.0], [3.0])
     assert line == {"step": 3, "loss": 2.0, "tokens": 3, "per_task": {"t": {"loss": 2.0, "tokens": 3}},
                     "per_category": {"c": {"loss": 2.0, "tokens": 3}}, "per_source": {"s": {"loss": 2.0, "tokens": 3}}}
+
+
+@pytest.mark.integration
+def test_seq2seq_losses_reconcile_with_the_trainer(tmp_path: Path) -> None:
+    """Encoder-decoder labels are not shifted: the lines still equal the Seq2SeqTrainer's logged loss. One
+    micro-batch per step: with accumulation, T5's loss (a mean that ignores num_items_in_batch) makes the
+    Trainer log the sum of the micro-batch means, which averages other tokens than losses.jsonl."""
+    out = tmp_path / "t5"
+    run_training(load_recipe(REPO / "recipes" / "tiny_seq2seq.yaml",
+                             [*SETTINGS, "training.per_device_batch_size=2", "data.max_source_length=48",
+                              "training.gradient_accumulation_steps=1",
+                              f"output_dir={out}"]))
+    _check_run(out)
