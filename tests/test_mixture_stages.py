@@ -3,6 +3,8 @@ position); `mixture show` prints every stage and `mixture build` writes them in 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import numpy as np
 import pytest
@@ -89,3 +91,37 @@ def test_bad_stages_are_errors_naming_the_field(tmp_path, change, words):
     with pytest.raises(ConfigError) as e:
         load_mixture(path)
     assert "curriculum.yaml" in str(e.value) and words in str(e.value)
+
+
+@pytest.mark.integration
+def test_a_run_resumed_inside_stage_two_ends_like_the_straight_run(tmp_path):
+    """Tiny causal training over a two-stage mixture (stage one: steps 1-2): resumed from the step-3
+    checkpoint, the run ends with the straight run's parameters and logs the same step-4 task losses."""
+    import shutil
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from mixtune.recipe import load_recipe
+    from mixtune.train.run import run_training
+    from mixtune.train.task_losses import read_losses
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny_causal.yaml").read_text())
+    text = TWO_STAGES.replace("fraction: 0.3", "examples: 8").replace("fraction: 0.7", "examples: 56")
+    recipe["data"]["mixture"] = yaml.safe_load(text.replace("total_examples: 500\n", ""))
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    settings = ["training.max_steps=4", "training.save_steps=1", "training.logging_steps=1", "data.max_length=64"]
+    straight = tmp_path / "straight"
+    run_training(load_recipe(path, [*settings, f"output_dir={straight}"]))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run_training(load_recipe(path, [*settings, f"output_dir={resumed}"]))
+    a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = read_losses(straight)
+    assert all("classification" in t for line in lines[:2] for t in line["per_task"])
+    assert not any("classification" in t for line in lines[2:] for t in line["per_task"])
+    assert read_losses(resumed) == [lines[3]]
