@@ -149,6 +149,7 @@ def test_a_resumed_run_drops_lines_after_its_checkpoint(tmp_path: Path) -> None:
     line = callback.line(3, [6.0], [3.0])
     assert line == {"step": 3, "loss": 2.0, "tokens": 3, "per_task": {"t": {"loss": 2.0, "tokens": 3}},
                     "per_category": {"c": {"loss": 2.0, "tokens": 3}}, "per_source": {"s": {"loss": 2.0, "tokens": 3}}}
+    assert callback.line(4, [float("nan")], [3.0])["per_task"] == {"t": {"loss": None, "tokens": 3}}
 
 
 @pytest.mark.integration

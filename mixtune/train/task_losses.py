@@ -15,12 +15,13 @@ micro-batches) and the main process appends one line to `losses.jsonl`:
 table's token-weighted mean is `loss` and its tokens add up to `tokens`. With `logging_steps: 1` it is
 the Trainer's logged loss (both average the step's label tokens); over longer windows the Trainer
 averages per-step means instead. With wandb on, the tables go to wandb as `loss_by_task/…`,
-`loss_by_category/…` and `loss_by_source/…` charts.
+`loss_by_category/…` and `loss_by_source/…` charts. A non-finite loss is written as null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,7 +96,7 @@ class TaskLossCallback(TrainerCallback):
             _keep_lines_up_to(self.path, self.start_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if not logs or "loss" not in logs:
+        if not logs or "loss" not in logs or "learning_rate" not in logs:  # the Trainer's training log only
             return
         sums, tokens = self._reduced(args)
         self._sums = self._tokens = None
@@ -126,7 +127,7 @@ class TaskLossCallback(TrainerCallback):
     def line(self, step: int, sums: Sequence[float], tokens: Sequence[float]) -> dict[str, Any]:
         """One `losses.jsonl` record from per-task loss sums and token counts."""
         total_tokens = sum(tokens)
-        return {"step": step, "loss": sum(sums) / total_tokens if total_tokens else None,
+        return {"step": step, "loss": _finite(sum(sums) / total_tokens) if total_tokens else None,
                 "tokens": int(total_tokens),
                 "per_task": _table(self.names, sums, tokens),
                 "per_category": _table(self.categories, sums, tokens),
@@ -140,7 +141,12 @@ def _table(groups: Sequence[str], sums: Sequence[float], tokens: Sequence[float]
             a = acc.setdefault(g, [0.0, 0.0])
             a[0] += s
             a[1] += n
-    return {g: {"loss": s / n, "tokens": int(n)} for g, (s, n) in sorted(acc.items())}
+    return {g: {"loss": _finite(s / n), "tokens": int(n)} for g, (s, n) in sorted(acc.items())}
+
+
+def _finite(value: float) -> float | None:
+    """NaN/inf (a diverged step, or one `training.on_nan: skip` dropped) is written as null: valid JSON."""
+    return value if math.isfinite(value) else None
 
 
 def _keep_lines_up_to(path: Path, step: int) -> None:
@@ -164,7 +170,7 @@ def _log_wandb(line: dict[str, Any]) -> None:
     data: dict[str, Any] = {"train/global_step": line["step"]}
     for table, prefix in (("per_task", "loss_by_task"), ("per_category", "loss_by_category"),
                           ("per_source", "loss_by_source")):
-        data.update({f"{prefix}/{name}": v["loss"] for name, v in line[table].items()})
+        data.update({f"{prefix}/{name}": v["loss"] for name, v in line[table].items() if v["loss"] is not None})
     wandb.log(data)
 
 
