@@ -163,3 +163,36 @@ def test_seq2seq_losses_reconcile_with_the_trainer(tmp_path: Path) -> None:
                               "training.gradient_accumulation_steps=1",
                               f"output_dir={out}"]))
     _check_run(out)
+
+
+@pytest.mark.integration
+def test_the_run_writes_a_training_report_and_mixtune_report_redraws_it(one_process_runs: dict[str, Path],
+                                                                         tmp_path: Path, capsys) -> None:
+    """training_report.md beside heldout_eval/: the loss plot, per task planned/seen examples (adding up to the
+    trained examples) and tokens (adding up to losses.jsonl's); `mixtune report` writes the same file."""
+    from mixtune.cli import main
+
+    run = one_process_runs["plain"]
+    text = (run / "training_report.md").read_text()
+    assert (run / "loss_per_category.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![training loss per category](loss_per_category.png)" in text
+    rows = [r.split("|") for r in text.split("## Examples and tokens per task")[1].split("##")[0].splitlines()
+            if r.startswith("| ") and not r.startswith("| task | planned") and "---" not in r]
+    planned, seen, tokens = (sum(float(r[k].replace(",", "")) for r in rows) for k in (2, 3, 4))
+    assert abs(planned - 16) <= 0.05 * len(rows) + 1e-6 and seen == 16  # 2 steps x global batch 8 (rounded to .1)
+    assert tokens == sum(line["tokens"] for line in read_losses(run))
+    (run / "training_report.md").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "training_report.md").read_text() == text
+    assert main(["report", str(tmp_path)]) == 2
+    assert "mixtune: error:" in capsys.readouterr().err
+
+
+def test_trained_task_counts_add_up_when_a_task_comes_from_two_sources(repo_root: Path) -> None:
+    """The quickstart mixture takes every task twice (two encodings): the counts per task name add both."""
+    from mixtune.mixtures import load_mixture, plan_mixture
+    from mixtune.train.run import trained_task_counts
+
+    plan = plan_mixture(load_mixture(repo_root / "data_mixtures" / "quickstart.yaml"))
+    assert len({t.name for t in plan.tasks}) < len(plan.tasks)
+    assert sum(trained_task_counts(plan, len(plan) + 10).values()) == len(plan) + 10

@@ -11,7 +11,8 @@ Features and the recipe keys that control them:
   continues from the saved stream position in O(1), also with another number of processes;
 - logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar; the training
   loss per task, category and source at every logging step in `output_dir/losses.jsonl`;
-- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`).
+- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`),
+  `output_dir/training_report.md` (`mixtune.train.report`).
 """
 
 from __future__ import annotations
@@ -191,9 +192,23 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
         final = save_final(trainer, tokenizer, output_dir, info)
     if is_main:
         text_log.write(f"final model saved to {final}; trained on {end_position} examples")
+        _write_report(output_dir, text_log)
     _finish_wandb()
     _detach_file_log()
     return final
+
+
+def _write_report(output_dir: Path, text_log: TextLogCallback) -> None:
+    """The training report beside the eval reports; a failure to draw it is logged, the run stands."""
+    from mixtune.train.report import write_training_report
+
+    try:
+        path = write_training_report(output_dir)
+    except Exception as e:  # noqa: BLE001 - the model is saved; the report can be redrawn by `mixtune report`
+        logger.warning("the training report could not be written (%s: %s); retry with `mixtune report %s`",
+                       e.__class__.__name__, e, output_dir)
+        return
+    text_log.write(f"training report: {path}")
 
 
 def run_header(recipe: Recipe, plan: Any, *, world: int, global_batch: int, max_steps: int) -> str:
@@ -401,7 +416,11 @@ def trained_task_counts(plan: Any, stop_position: int) -> dict[str, int]:
     full, rest = divmod(stop_position, size)
     counts = np.bincount(task_ids, minlength=len(plan.tasks)) * full
     counts = counts + np.bincount(task_ids[:rest], minlength=len(plan.tasks))
-    return {t.name: int(c) for t, c in zip(plan.tasks, counts, strict=True) if c}
+    out: dict[str, int] = {}
+    for t, c in zip(plan.tasks, counts.tolist(), strict=True):  # a task taken by several sources counts once
+        if c:
+            out[t.name] = out.get(t.name, 0) + int(c)
+    return out
 
 
 def git_commit() -> str | None:
