@@ -3,6 +3,7 @@ position); `mixture show` prints every stage and `mixture build` writes them in 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -11,7 +12,7 @@ import pytest
 
 from mixtune.cli import main
 from mixtune.errors import ConfigError
-from mixtune.mixtures import build_mixture, load_mixture, plan_mixture
+from mixtune.mixtures import load_mixture, plan_mixture
 
 SOURCE = """
       - name: superni
@@ -42,7 +43,9 @@ def _plan(tmp_path, text=TWO_STAGES, overrides=()):
 def test_two_stage_build_holds_stage_one_tasks_first_then_stage_two(tmp_path):
     plan = _plan(tmp_path)
     assert [(s.name, s.start, s.stop) for s in plan.stages] == [("stage1", 0, 150), ("stage2", 150, 500)]
-    ds = datasets.load_from_disk(str(build_mixture(plan, tmp_path / "built")))
+    assert main(["mixture", "build", str(tmp_path / "curriculum.yaml"), "--out", str(tmp_path / "built")]) == 0
+    ds = datasets.load_from_disk(str(tmp_path / "built"))
+    assert json.loads((tmp_path / "built" / "mixture_manifest.json").read_text())["hash"] == plan.hash
     assert ds["position"] == list(range(500))
     first, second = set(ds["task"][:150]), set(ds["task"][150:])
     assert first and all("classification" in t for t in first)
