@@ -121,6 +121,9 @@ def test_lora_run_saves_merged_model_and_adapter_and_logs_to_wandb_offline(
     while info_hash.encode() not in runs[0].read_bytes() and time.time() < deadline:
         time.sleep(0.5)
     assert info_hash.encode() in runs[0].read_bytes()  # the mixture hash is in the wandb run config
+    while b"loss_by_category/" not in runs[0].read_bytes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert b"loss_by_category/" in runs[0].read_bytes() and b"loss_by_task/task" in runs[0].read_bytes()
     assert (final / "adapter" / "adapter_config.json").is_file()
     info = json.loads((final / "mixtune_run.json").read_text())
     assert info["lora"]["merged"] is True

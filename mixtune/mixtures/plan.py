@@ -32,6 +32,7 @@ from mixtune.mixtures.sampler import (
 )
 from mixtune.mixtures.selection import held_out_tasks, select_tasks
 from mixtune.mixtures.spec import MixtureSpec, SourceSpec
+from mixtune.mixtures.stages import Stage, plan_stages, stage_lengths
 from mixtune.tasks.schema import INSTANCE_SCHEMA, TaskCollection, TaskInfo
 
 MAX_EXAMPLES = 2**32  # the sample index keeps 12 bytes per example in memory (~50 GB at this bound)
@@ -98,6 +99,7 @@ class MixturePlan:
         self.hash = _plan_hash(spec, tasks, len(index))
         self._prefix_cache: dict[int, str] = {}
         self._task_arrays: tuple[pa.Array, pa.Array, pa.Array, np.ndarray] | None = None
+        self.stages: list[Stage] = []  # a staged mixture's stages, in position order
 
     def __len__(self) -> int:
         return len(self.index)
@@ -132,7 +134,16 @@ class MixturePlan:
             "sources": _totals(tasks, "source"),
             "held_out": {"num_tasks": len(self.held_out), "allowed": self.spec.held_out.allow,
                          "in_mixture": in_mixture},
+            **({"stages": [self._stage_summary(st) for st in self.stages]} if self.stages else {}),
         }
+
+    def _stage_summary(self, stage: Stage) -> dict[str, Any]:
+        """A stage's positions and, per task it draws from, its realised examples in the stage."""
+        counts = np.bincount(self.index.task_ids[stage.start:stage.stop], minlength=len(self.tasks))
+        return {"name": stage.name, "start": stage.start, "stop": stage.stop,
+                "tasks": [{"name": self.tasks[k].name, "source": self.tasks[k].source,
+                           "category": self.tasks[k].category, "realised_examples": int(counts[k])}
+                          for k in stage.tasks]}
 
     def example(self, position: int, *, tokenizer: Any = None, max_source_length: int | None = None) -> dict:
         """The formatted example at `position`."""
@@ -265,9 +276,19 @@ def plan_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> MixtureP
     tasks: list[PlanTask] = []
     collections: dict[str, TaskCollection] = {}
     held_out: set[str] = set()
-    rates = _resolve(spec, "", spec.seed, open_source, tasks, collections, held_out)
-    for task, rate in zip(tasks, rates.tolist(), strict=True):
-        task.rate = rate
+    stage_tasks: list[tuple[list[PlanTask], np.ndarray]] = []
+    for sub in spec.stage_specs:  # a staged mixture: each stage resolved as a mixture of its own
+        own: list[PlanTask] = []
+        labels: dict[str, TaskCollection] = {}
+        stage_tasks.append((own, _resolve(sub, "", spec.seed, open_source, own, labels, held_out)))
+        for label, collection in labels.items():
+            collections.setdefault(label, collection)
+        seen = {(u.source, u.name, u.cap) for u in tasks}
+        tasks.extend(t for t in own if (t.source, t.name, t.cap) not in seen)
+    if not stage_tasks:
+        rates = _resolve(spec, "", spec.seed, open_source, tasks, collections, held_out)
+        for task, rate in zip(tasks, rates.tolist(), strict=True):
+            task.rate = rate
     held = frozenset(held_out)
     violations = sorted({t.name for t in tasks} & held)
     if violations and not spec.held_out.allow:
@@ -277,13 +298,20 @@ def plan_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> MixtureP
                            hint="exclude them (tasks.exclude), use `split:`, or set `held_out.allow: true`")
     if spec.total_examples is not None:
         total = spec.total_examples
-    else:
+    elif spec.epochs is not None:
         total = float(spec.epochs) * sum(len(t.pool) for t in tasks)
+    else:  # stages of given lengths
+        total = sum(stage_lengths(spec, None))
     if total > MAX_EXAMPLES:  # the index holds 12 bytes per example in memory
         field = "total_examples" if spec.total_examples is not None else "epochs"
         raise ConfigError(f"the mixture would have {total:.3g} examples, more than the {MAX_EXAMPLES:,} a plan holds",
                           path=spec.path, field=field, hint="lower it; train for several runs if you need more")
     total = int(round(total))
+    if stage_tasks:
+        tasks, index, stages = plan_stages(spec, stage_tasks, total)
+        plan = MixturePlan(spec, tasks, index, held, collections)
+        plan.stages = stages
+        return plan
     index = build_index(rates, [t.pool for t in tasks], total, spec.seed,
                         [stable_key(f"{t.source}\0{t.name}") for t in tasks])
     return MixturePlan(spec, tasks, index, held, collections)

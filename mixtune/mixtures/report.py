@@ -56,6 +56,14 @@ def print_summary(summary: dict[str, Any], console: Console | None = None, *, sp
             totals.add_row(g["name"], str(g["num_tasks"]), str(g["num_instances"]), f"{g['rate']:.4f}",
                            f"{g['expected_examples']:.1f}", str(g["realised_examples"]))
         print_table(totals, console)
+    for stage in summary.get("stages", []):
+        table = Table(title=f"{stage['name']}: positions {stage['start']}..{stage['stop'] - 1} "
+                            f"({stage['stop'] - stage['start']} examples, {len(stage['tasks'])} tasks)")
+        for col, justify in [("task", "left"), ("source", "left"), ("category", "left"), ("realised", "right")]:
+            table.add_column(col, justify=justify)
+        for t in sorted(stage["tasks"], key=lambda t: (-t["realised_examples"], t["source"], t["name"])):
+            table.add_row(t["name"], t["source"], t["category"], str(t["realised_examples"]))
+        print_table(table, console)
     held = summary["held_out"]
     note = (f"{len(held['in_mixture'])} held-out task(s) IN the mixture (allowed)" if held["in_mixture"]
             else "no held-out task in the mixture")

@@ -107,6 +107,27 @@ class HeldOutSpec(StrictModel):
     )
 
 
+class StageSpec(StrictModel):
+    """One stage of a staged mixture (curriculum): its length and the mixture keys that pick its tasks."""
+
+    fraction: float | None = Field(None, gt=0, le=1, description="Length as a fraction of the mixture's "
+                                   "examples (the fractions of all stages add up to 1).")
+    examples: int | None = Field(None, gt=0, description="Length in examples (instead of `fraction`).")
+    sources: list[SourceSpec] = Field(default_factory=list, description="Task collections of this stage.")
+    sources_weight: float = Field(1.0, gt=0, description="Share of the stage's own sources next to `mixtures`.")
+    mixtures: list[NestedMixture] = Field(default_factory=list, description="Nested mixture files of this stage.")
+    temperature: float | None = Field(None, gt=0, description="The stage's temperature (default: the mixture's).")
+    max_instances_per_task: int | None = Field(None, gt=0, description="The stage's cap (default: the mixture's).")
+
+    @model_validator(mode="after")
+    def _check(self) -> StageSpec:
+        if (self.fraction is None) == (self.examples is None):
+            raise ValueError("a stage sets exactly one of `fraction` or `examples`")
+        if not self.sources and not self.mixtures:
+            raise ValueError("a stage needs at least one entry in `sources` or `mixtures`")
+        return self
+
+
 class MixtureSpec(StrictModel):
     """A mixture file: sources and nested mixtures, weighed by cap, temperature and weights."""
 
@@ -128,15 +149,31 @@ class MixtureSpec(StrictModel):
     )
     mixtures: list[NestedMixture] = Field(default_factory=list, description="Nested mixture files.")
     held_out: HeldOutSpec = Field(default_factory=HeldOutSpec, description="The held-out guard.")
+    stages: list[StageSpec] = Field(
+        default_factory=list,
+        description="A curriculum: stages in order, each with its length (`fraction` or `examples`) and its "
+        "own sources/mixtures (instead of the mixture's); see docs/mixtures.md.",
+    )
 
     _path: Path | None = PrivateAttr(None)
     _children: list[tuple[float, MixtureSpec]] = PrivateAttr(default_factory=list)
+    _stages: list[MixtureSpec] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> MixtureSpec:
         if self.total_examples is not None and self.epochs is not None:
             raise ValueError("set either total_examples or epochs, not both")
-        if not self.sources and not self.mixtures:
+        if self.stages:
+            if self.sources or self.mixtures:
+                raise ValueError("a staged mixture gives its sources and mixtures inside `stages`, not beside them")
+            fractions = [st.fraction for st in self.stages]
+            if None not in fractions and abs(sum(fractions) - 1) > 1e-6:  # type: ignore[arg-type]
+                raise ValueError(f"the stages' fractions add up to {sum(fractions):g}, not 1")  # type: ignore[arg-type]
+            if None in fractions and any(f is not None for f in fractions):
+                raise ValueError("give every stage a `fraction`, or every stage `examples`, not a mix")
+            if None in fractions and (self.total_examples is not None or self.epochs is not None):
+                raise ValueError("stages given in `examples` set the mixture's length: drop total_examples/epochs")
+        elif not self.sources and not self.mixtures:
             raise ValueError("a mixture needs at least one entry in `sources` or `mixtures`")
         names = [s.name for s in self.sources]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -154,16 +191,26 @@ class MixtureSpec(StrictModel):
         """The resolved nested mixtures: (weight, spec)."""
         return list(self._children)
 
+    @property
+    def stage_specs(self) -> list[MixtureSpec]:
+        """Each stage as a mixture of its own (name `<name>/stage<k>`, the mixture's seed and held-out guard)."""
+        return list(self._stages)
+
     def walk(self) -> Iterable[MixtureSpec]:
-        """This spec and every nested spec, depth first."""
+        """This spec and every nested spec (stages included), depth first."""
         yield self
+        for stage in self._stages:
+            yield from stage.walk()
         for _, child in self._children:
             yield from child.walk()
 
     def resolved(self) -> dict[str, Any]:
         """The spec with nested mixtures inlined (for hashing and manifests)."""
-        data = self.model_dump(mode="json", exclude={"mixtures"})
+        data = self.model_dump(mode="json", exclude={"mixtures", "stages"})
         data["mixtures"] = [{"weight": w, "mixture": c.resolved()} for w, c in self._children]
+        if self._stages:
+            data["stages"] = [{"fraction": st.fraction, "examples": st.examples, "mixture": sub.resolved()}
+                              for st, sub in zip(self.stages, self._stages, strict=True)]
         return data
 
 
@@ -182,7 +229,8 @@ def load_mixture(
     if collection is not None and collection != BUNDLED:
         collection = str(Path(collection).expanduser().resolve())
     spec = _load(path_or_dict, overrides, collection, stack=())
-    if spec.total_examples is None and spec.epochs is None:
+    given_lengths = bool(spec.stages) and all(st.examples is not None for st in spec.stages)
+    if spec.total_examples is None and spec.epochs is None and not given_lengths:
         raise ConfigError(
             "the mixture sets neither total_examples nor epochs", path=spec.path, field="total_examples",
             hint="add e.g. `total_examples: 20000` or `epochs: 2`",
@@ -205,6 +253,22 @@ def _load(source: str | Path | Mapping[str, Any], overrides: Sequence[str], coll
         data = apply_overrides(data, overrides)
     spec = validate(MixtureSpec, data, path, overrides)
     spec._path = path
+    _resolve_paths(spec, path, collection, stack)
+    for k, stage in enumerate(spec.stages):
+        sub = MixtureSpec(name=f"{spec.name}/stage{k + 1}", seed=spec.seed, total_examples=1,
+                          temperature=stage.temperature or spec.temperature,
+                          max_instances_per_task=stage.max_instances_per_task or spec.max_instances_per_task,
+                          sources=stage.sources, sources_weight=stage.sources_weight, mixtures=stage.mixtures,
+                          held_out=spec.held_out)
+        sub._path = path
+        _resolve_paths(sub, path, collection, stack, field=f"stages[{k}].")
+        spec._stages.append(sub)
+    return spec
+
+
+def _resolve_paths(spec: MixtureSpec, path: Path | None, collection: str | None, stack: tuple[Path, ...],
+                   field: str = "") -> None:
+    """Make the sources' paths absolute and load the nested mixture files (into `spec._children`)."""
     base = path.parent if path is not None else Path.cwd()
     for source_spec in spec.sources:
         if collection is not None and source_spec.type == "superni":
@@ -220,7 +284,6 @@ def _load(source: str | Path | Mapping[str, Any], overrides: Sequence[str], coll
             child_path = base / child_path
         if not child_path.exists():
             raise ConfigError(f"nested mixture {nested.path!r} not found (looked at {child_path})",
-                              path=path, field=f"mixtures[{i}].path", hint="paths are relative to this file")
+                              path=path, field=f"{field}mixtures[{i}].path", hint="paths are relative to this file")
         child = _load(child_path, (), collection, here)
         spec._children.append((nested.weight, child))
-    return spec

@@ -1,4 +1,5 @@
-"""`mixtune train RECIPE [key=value ...]`: run a training recipe (or print its launch command)."""
+"""`mixtune train RECIPE [key=value ...]`: run a training recipe (or print its launch command);
+`mixtune report RUN_DIR`: write a finished run's training report."""
 
 from __future__ import annotations
 
@@ -29,6 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(one line per micro-batch and process; for auditing which data a run trained on)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_train)
+    r = subparsers.add_parser(
+        "report", help="write a finished run's training report",
+        description="Write RUN_DIR/training_report.md (loss per category, examples and tokens per task against "
+        "the plan, held-out evaluations over the steps) from the run's files. Runs write it when they end.",
+        epilog="example: mixtune report runs/tiny_causal")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a finished run")
+    r.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from mixtune.train.report import write_training_report
+
+    print(f"training report: {write_training_report(args.run_dir)}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

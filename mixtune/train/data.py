@@ -91,14 +91,17 @@ class StreamCollator:
     With `order_log` set, each batch's positions and tasks are appended to that JSONL file (one
     line per micro-batch; used by tests and for auditing the data a run trained on). With
     `max_positions` set (the model's `max_position_embeddings`), a longer batch is a DataError naming
-    the example, before the model would try to attend over it.
+    the example, before the model would try to attend over it. With `task_ids` set, the batch also
+    holds the per-token task indices of `mixtune.train.task_losses` (for the per-task training loss).
     """
 
     def __init__(self, plan: Any, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], *,
                  tokenizer: Any = None, max_source_length: int | None = None,
                  order_log: str | Path | None = None, rank: int = 0, max_positions: int | None = None,
-                 length_field: str = "data.max_length") -> None:
+                 length_field: str = "data.max_length", task_ids: bool = False) -> None:
         self.plan = plan
+        self.task_ids = task_ids
+        self._task_index = {(t.source, t.name): i for i, t in enumerate(plan.tasks)}
         self.max_positions = max_positions
         self.length_field = length_field
         self.collate = collate
@@ -134,6 +137,12 @@ class StreamCollator:
                 f"tokens long; the model takes at most {self.max_positions} (max_position_embeddings)",
                 field=self.length_field, hint=f"set {self.length_field} to at most {self.max_positions} "
                 "to truncate long examples")
+        if self.task_ids and isinstance(batch.get("labels"), torch.Tensor):
+            from mixtune.train.task_losses import TASK_IDS_KEY, token_task_ids
+
+            tasks = [self._task_index[(e["source"], e["task"])] for e in examples]
+            layout = getattr(self.collate, "last_layout", None)  # packing: the rows' examples
+            batch[TASK_IDS_KEY] = token_task_ids(batch["labels"], tasks, layout)
         # tensors, and the ints of padding-free batches (max_length_q/k)
         return {k: v for k, v in batch.items() if isinstance(v, (torch.Tensor, int))}
 

@@ -135,7 +135,8 @@ class PackingCollator:
     module docstring): input_ids, labels, position_ids (restarting per example) and the boundaries
     (cu_seq_lens, packed_segment_ids or a 4D attention_mask). `mask_dtype` is the dtype of the 4D
     mask: torch.bool for sdpa, the compute dtype for eager. Rows are padded to the longest row of
-    the batch (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch."""
+    the batch (rounded up to pad_to_multiple_of). `last_stats` holds the PackingStats of the latest batch and
+    `last_layout` its rows: per row, the (example index, length) of its examples in order."""
 
     def __init__(self, tokenizer: Any, *, max_length: int, strategy: Strategy = "balanced",
                  mask_dtype: torch.dtype = torch.bool, pad_to_multiple_of: int | None = None,
@@ -151,6 +152,7 @@ class PackingCollator:
         self._tokenizing = CompletionOnlyCollator(tokenizer, max_length=max_length, chat=chat,
                                                  max_source_length=max_source_length)
         self.last_stats: PackingStats | None = None
+        self.last_layout: list[list[tuple[int, int]]] = []
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Any]:
         examples = self._tokenizing.tokenize(features)
@@ -176,6 +178,7 @@ class PackingCollator:
                 segments[r, start:start + n] = seg
                 start += n
         check_loss_mask(labels, features)
+        self.last_layout = [[(i, lengths[i]) for i in row] for row in rows]  # per row: (example, length)
         self.last_stats = PackingStats(examples=len(examples), rows=len(rows), row_length=length,
                                        useful_tokens=sum(lengths),
                                        trained_tokens=int((labels != IGNORE_INDEX).sum()))
@@ -191,6 +194,7 @@ class PackingCollator:
         flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True, separator_id=IGNORE_INDEX)
         batch = flatten([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], return_tensors="pt")
         check_loss_mask(batch["labels"], features)
+        self.last_layout = [list(enumerate(lengths))]  # one row: every example, in order
         self.last_stats = PackingStats(examples=len(examples), rows=1, row_length=sum(lengths),
                                        useful_tokens=sum(lengths),
                                        trained_tokens=int((batch["labels"] != IGNORE_INDEX).sum()))

@@ -9,8 +9,10 @@ Features and the recipe keys that control them:
 - DeepSpeed ZeRO (`distributed.deepspeed`): a preset or a JSON file;
 - checkpoints every `training.save_steps`, completed by a marker; `resume:` auto/never/path
   continues from the saved stream position in O(1), also with another number of processes;
-- logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar;
-- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`).
+- logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar; the training
+  loss per task, category and source at every logging step in `output_dir/losses.jsonl`;
+- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`),
+  `output_dir/training_report.md` (`mixtune.train.report`).
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     _check_length(recipe, limit, length_field)
     # prompts come whole from the plan; the collator fits them to the budgets in token space
     collator = StreamCollator(plan, collate, order_log=order_log, rank=args.process_index, max_positions=limit,
-                              length_field=length_field)
+                              length_field=length_field, task_ids=True)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch,
                             micro_batch=recipe.training.per_device_batch_size * world)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
@@ -192,9 +194,23 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
         final = save_final(trainer, tokenizer, output_dir, info)
     if is_main:
         text_log.write(f"final model saved to {final}; trained on {end_position} examples")
+        _write_report(output_dir, text_log)
     _finish_wandb()
     _detach_file_log()
     return final
+
+
+def _write_report(output_dir: Path, text_log: TextLogCallback) -> None:
+    """The training report beside the eval reports; a failure to draw it is logged, the run stands."""
+    from mixtune.train.report import write_training_report
+
+    try:
+        path = write_training_report(output_dir)
+    except Exception as e:  # noqa: BLE001 - the model is saved; the report can be redrawn by `mixtune report`
+        logger.warning("the training report could not be written (%s: %s); retry with `mixtune report %s`",
+                       e.__class__.__name__, e, output_dir)
+        return
+    text_log.write(f"training report: {path}")
 
 
 def run_header(recipe: Recipe, plan: Any, *, world: int, global_batch: int, max_steps: int) -> str:
@@ -355,6 +371,7 @@ def _start_over(output_dir: Path) -> None:
 def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_step: int, start_position: int,
                global_batch: int, world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
     from mixtune.train.nan_guard import NanGuardCallback
+    from mixtune.train.task_losses import TaskLossCallback
 
     callbacks: list[Any] = [
         StaleCheckpointCallback(),
@@ -365,6 +382,7 @@ def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_st
         MixtureLogCallback(plan.hash, trained_task_counts(plan, stop_position)),
         NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
                          start_position=start_position, global_batch_size=global_batch),
+        TaskLossCallback(plan, recipe.output_dir, start_step=start_step),
     ]
     if recipe.training.on_nan == "stop":
         callbacks.append(NanPolicyCallback())  # the logged loss too (DeepSpeed keeps gradients to itself)
@@ -393,7 +411,11 @@ def trained_task_counts(plan: Any, stop_position: int) -> dict[str, int]:
     full, rest = divmod(stop_position, size)
     counts = np.bincount(task_ids, minlength=len(plan.tasks)) * full
     counts = counts + np.bincount(task_ids[:rest], minlength=len(plan.tasks))
-    return {t.name: int(c) for t, c in zip(plan.tasks, counts, strict=True) if c}
+    out: dict[str, int] = {}
+    for t, c in zip(plan.tasks, counts.tolist(), strict=True):  # a task taken by several sources counts once
+        if c:
+            out[t.name] = out.get(t.name, 0) + int(c)
+    return out
 
 
 def git_commit() -> str | None:

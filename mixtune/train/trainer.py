@@ -152,9 +152,11 @@ def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dat
     from mixtune.io import safetensors_write_errors
     from mixtune.train.checkpoint import readable
     from mixtune.train.nan_guard import NanGuardCallback
+    from mixtune.train.task_losses import TASK_IDS_KEY, TaskLossCallback
 
     base = Seq2SeqTrainer if kind == "seq2seq" else Trainer
     guard = next((c for c in callbacks if isinstance(c, NanGuardCallback)), None)
+    task_losses = next((c for c in callbacks if isinstance(c, TaskLossCallback)), None)
 
     class MixtuneTrainer(base):  # type: ignore[misc, valid-type]
         def _prepare_inputs(self, inputs: Any) -> Any:
@@ -166,10 +168,23 @@ def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dat
             return inputs
 
         def compute_loss(self, model: Any, inputs: Any, *rest: Any, **kwargs: Any) -> Any:
-            result = super().compute_loss(model, inputs, *rest, **kwargs)
+            task_ids = inputs.pop(TASK_IDS_KEY, None)
+            if task_losses is not None and task_ids is not None and model.training:
+                result = self._compute_loss_per_task(model, inputs, task_ids, *rest, **kwargs)
+            else:
+                result = super().compute_loss(model, inputs, *rest, **kwargs)
             if guard is not None and self.is_deepspeed_enabled and model.training:
                 guard.check_loss(result[0] if isinstance(result, tuple) else result, self.state.global_step + 1)
             return result
+
+        def _compute_loss_per_task(self, model: Any, inputs: Any, task_ids: Any, return_outputs: bool = False,
+                                   **kwargs: Any) -> Any:
+            """The usual loss; the forward's logits also feed the per-task losses (no second forward)."""
+            labels = inputs["labels"]
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+            shift = getattr(self, "_loss_shifts_labels", kind != "seq2seq")
+            task_losses.add(outputs["logits"], labels, task_ids, shift=shift)
+            return (loss, outputs) if return_outputs else loss
 
         def _load_rng_state(self, checkpoint: str | None) -> None:
             name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
