@@ -192,8 +192,10 @@ def _check_mixture(recipe: Any, path: Path, collection: str | None, plan: bool, 
         steps = t.max_steps
     else:
         steps = max(1, math.ceil((t.epochs if t.epochs is not None else 1.0) * len(built) / per_step))
-    tasks = len({(task["source"], task["name"]) for task in built.summary()["tasks"]})
-    notes.append(f"{label}: {len(built):,} examples from {tasks} tasks, {steps:,} steps of {per_step} examples")
+    from mixtune.mixtures.report import tasks_text
+
+    tasks = tasks_text(built.summary()["tasks"], spec)
+    notes.append(f"{label}: {len(built):,} examples from {tasks}, {steps:,} steps of {per_step} examples")
 
 
 def _collection_present(kind: str, where: str) -> bool:
