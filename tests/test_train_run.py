@@ -172,11 +172,16 @@ def test_resume_refuses_a_changed_mixture(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_dataloader_workers_train_on_the_same_batches(tmp_path: Path) -> None:
     """data.num_workers=2 feeds the trainer the same micro-batches, in the same order, as the main process."""
-    logs = []
+    logs, steps = [], []
     for workers in (0, 2):
-        log = tmp_path / f"order{workers}.jsonl"
+        log, out = tmp_path / f"order{workers}.jsonl", tmp_path / str(workers)
         recipe = load_recipe(TINY, [*FAST, "training.max_steps=3", "training.save_steps=100",
-                                           f"data.num_workers={workers}", f"output_dir={tmp_path / str(workers)}"])
+                                    "training.logging_steps=1", f"data.num_workers={workers}", f"output_dir={out}"])
         run_training(recipe, order_log=log)
-        logs.append([json.loads(line)["positions"] for line in log.read_text().splitlines()])
+        # workers append to the order log as they collate (ahead of the trainer, in any order between them)
+        logs.append(sorted(json.loads(line)["positions"] for line in log.read_text().splitlines()))
+        # what the trainer consumed, step by step: each step's loss and tasks (losses.jsonl)
+        lines = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+        steps.append([(r["step"], round(r["loss"], 5), sorted(r["per_task"])) for r in lines])
     assert logs[0] == logs[1] == [[0, 1], [2, 3], [4, 5]]
+    assert steps[0] == steps[1] and [s for s, _, _ in steps[0]] == [1, 2, 3]
