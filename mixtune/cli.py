@@ -1,4 +1,4 @@
-"""The `mixtune` command: `mixture`, `train`, `eval` and `recipe` subcommands.
+"""The `mixtune` command: `mixture`, `train`, `report`, `eval` and `recipe` subcommands.
 
 Each subpackage owns its subcommands in its own `cli.py` (a `register(subparsers)` function);
 heavy libraries (torch, transformers) are imported only inside the command that needs them.
