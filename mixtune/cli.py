@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MixtuneError as e:
         if not getattr(e, "quiet", False):  # a copy of another process's error (mixtune.eval.collective)
             print(f"mixtune: error: {redact_text(clip(str(e), 2000))}", file=sys.stderr)
-        return 2
+        return _failed(2)
     except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -74,11 +74,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"mixtune: error: {e}", file=sys.stderr)
-        return 1
+        return _failed(1)
     except KeyboardInterrupt:
         print("mixtune: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _failed(code: int) -> int:
+    """`code`, or -- in one process of several (torch.distributed) -- exit with it at once: a failing
+    rank that unwinds its gloo group while a peer leaves too can abort (SIGABRT, "terminate called
+    without an active exception") instead of exiting with the error's code. Output is flushed first."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

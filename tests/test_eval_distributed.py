@@ -78,7 +78,7 @@ def test_two_process_evaluation_equals_single_process(tiny_llama_dir, tmp_path):
 
 
 KILLED_WORKER = textwrap.dedent("""
-    import json, os, signal, sys
+    import json, os, signal, sys, time
     from mixtune.eval import runner
     from mixtune.eval.generation import process_state
     from mixtune.eval.spec import EvalSpec
@@ -88,8 +88,13 @@ KILLED_WORKER = textwrap.dedent("""
     state = process_state()
     written = runner._PartialWriter.__call__
 
-    def write_then_die(self, indices, texts):  # each rank is killed once its first batch is written
+    def write_then_die(self, indices, texts):  # each rank is killed once both ranks' first batches are written
         written(self, indices, texts)
+        partial = os.path.join(out_dir, runner.PARTIAL_DIR)
+        other = os.path.join(partial, f"predictions.zero_shot.rank{1 - state.process_index}.jsonl")
+        deadline = time.monotonic() + 120  # a busy machine may start the other rank late
+        while time.monotonic() < deadline and not (os.path.exists(other) and os.path.getsize(other)):
+            time.sleep(0.05)  # the launcher stops every rank once one dies: wait for the other's batch
         os.kill(os.getpid(), signal.SIGKILL)
 
     runner._PartialWriter.__call__ = write_then_die
