@@ -147,16 +147,6 @@ class StreamCollator:
         return {k: v for k, v in batch.items() if isinstance(v, (torch.Tensor, int))}
 
 
-def position_limit(model: Any) -> int | None:
-    """The most positions the model can attend over (`max_position_embeddings`), or None (T5: no limit)."""
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def global_batch_size(per_device_batch_size: int, gradient_accumulation_steps: int, world_size: int) -> int:
     """Stream positions consumed by one optimizer step."""
     return per_device_batch_size * gradient_accumulation_steps * world_size

@@ -37,7 +37,7 @@ from mixtune.train.callbacks import (
     StaleCheckpointCallback,
     TextLogCallback,
 )
-from mixtune.train.data import PositionStream, StreamCollator, global_batch_size, position_limit
+from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
 from mixtune.train.deepspeed import zero_stage
 from mixtune.train.output_dir import check_output_dir, hold
 
@@ -143,14 +143,14 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     if is_main and "wandb" in args.report_to:
         _start_wandb(recipe, args.run_name)
     set_seed(recipe.training.seed)
-    from mixtune.train.modeling import load_model_and_tokenizer
+    from mixtune.train.modeling import context_length, load_model_and_tokenizer
 
     with phase("loading the model", enabled=show and is_main):
         model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
     if kind != kind_hint:
         args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
     collate = build_collator(recipe, model, tokenizer, kind)
-    limit, length_field = position_limit(model), _length_field(kind)
+    limit, length_field = context_length(model.config), _length_field(kind)
     _check_length(recipe, limit, length_field)
     # prompts come whole from the plan; the collator fits them to the budgets in token space
     collator = StreamCollator(plan, collate, order_log=order_log, rank=args.process_index, max_positions=limit,
