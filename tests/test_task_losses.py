@@ -154,15 +154,38 @@ def test_a_resumed_run_drops_lines_after_its_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_seq2seq_losses_reconcile_with_the_trainer(tmp_path: Path) -> None:
-    """Encoder-decoder labels are not shifted: the lines still equal the Seq2SeqTrainer's logged loss. One
-    micro-batch per step: with accumulation, T5's loss (a mean that ignores num_items_in_batch) makes the
-    Trainer log the sum of the micro-batch means, which averages other tokens than losses.jsonl."""
+    """Encoder-decoder labels are not shifted, and T5's own loss (a micro-batch mean that ignores
+    num_items_in_batch) is replaced by the token-weighted one: with gradient accumulation the lines still
+    equal the Seq2SeqTrainer's logged loss."""
     out = tmp_path / "t5"
     run_training(load_recipe(REPO / "recipes" / "tiny_seq2seq.yaml",
                              [*SETTINGS, "training.per_device_batch_size=2", "data.max_source_length=48",
-                              "training.gradient_accumulation_steps=1",
                               f"output_dir={out}"]))
     _check_run(out)
+
+
+@pytest.mark.integration
+def test_seq2seq_accumulation_trains_as_one_batch(tmp_path: Path) -> None:
+    """T5 on 2 micro-batches of 2 accumulated equals T5 on one batch of 4 (same examples, no dropout): the
+    same logged loss and the same weights after two steps. Before the fix the accumulated run logged about
+    twice the loss and took gradients twice as large (clipped differently)."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, (batch, accumulation) in {"accumulated": (2, 2), "one_batch": (4, 1)}.items():
+        runs[name] = tmp_path / name
+        run_training(load_recipe(REPO / "recipes" / "tiny_seq2seq.yaml",
+                                 [*SETTINGS, f"training.per_device_batch_size={batch}",
+                                  f"training.gradient_accumulation_steps={accumulation}",
+                                  "model.config.dropout_rate=0.0", "data.max_source_length=48",
+                                  "training.max_grad_norm=0.5", f"output_dir={runs[name]}"]))
+    losses = {name: _trainer_losses(out) for name, out in runs.items()}
+    assert losses["accumulated"].keys() == losses["one_batch"].keys() == {1, 2}
+    for step in (1, 2):
+        assert abs(losses["accumulated"][step] - losses["one_batch"][step]) < TOL
+    weights = {name: load_file(next(out.glob("checkpoint-2")) / "model.safetensors") for name, out in runs.items()}
+    for key, value in weights["one_batch"].items():
+        assert torch.allclose(weights["accumulated"][key], value, atol=1e-5), key
 
 
 @pytest.mark.integration

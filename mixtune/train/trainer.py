@@ -218,9 +218,40 @@ def build_trainer(*, model: Any, tokenizer: Any, kind: str, args: Any, train_dat
                 trainer._load_rng_state(self.checkpoint)
                 self.checkpoint = None
 
+    loss_func = token_mean_loss if kind == "seq2seq" and not honours_num_items(model) else None
     trainer = MixtuneTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator,
-                             processing_class=tokenizer, callbacks=[*callbacks, RestoreRngAtFirstStep()])
+                             processing_class=tokenizer, callbacks=[*callbacks, RestoreRngAtFirstStep()],
+                             compute_loss_func=loss_func)
     return trainer
+
+
+def honours_num_items(model: Any) -> bool:
+    """Whether the model's own loss divides by `num_items_in_batch` (its forward names the argument).
+
+    transformers' encoder-decoders (T5, BART, EncoderDecoderModel) accept `**kwargs`, so the Trainer
+    passes them `num_items_in_batch` and takes their loss as already scaled for gradient accumulation,
+    but their loss is the micro-batch's mean: with accumulation the logged loss and the gradients would
+    be the sum of the micro-batch means (x accumulation steps; x processes with
+    `average_tokens_across_devices`).
+    """
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+    return "num_items_in_batch" in inspect.signature(base.forward).parameters
+
+
+def token_mean_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy summed over a micro-batch's label tokens, divided by the label tokens of the whole
+    accumulated batch (all processes): the token-weighted mean that models honouring `num_items_in_batch`
+    return, for the seq2seq models whose own loss does not."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = outputs["logits"]
+    labels = labels.to(logits.device)
+    total = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=-100, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    return total / torch.as_tensor(count, device=total.device).clamp_min(1)
 
 
 def _failing_file(checkpoint: str | None, small: tuple[str, ...], default: str) -> str:
