@@ -145,10 +145,8 @@ def prompt_budget(spec: EvalSpec, model: Any, kind: str) -> int | None:
 
 
 def _open_collection(spec: EvalSpec) -> Any:
-    try:
-        from mixtune.tasks import open_collection
-    except ImportError:  # the package re-export may not exist
-        from mixtune.tasks.collection import open_collection
+    from mixtune.tasks import open_collection
+
     return open_collection(type=spec.type, path=spec.collection)
 
 
