@@ -109,7 +109,7 @@ def collect_overrides(ns: argparse.Namespace, extra: Iterable[str]) -> list[str]
     if isinstance(files, list):  # several files, overrides among them
         paths = [f for f in files if not is_override(f)]
         given = [f for f in files if is_override(f)]
-        for text in given:
+        for text in [*given, *trailing]:
             if Path(text).exists():
                 raise ConfigError(f"{text!r} is both an existing file and a KEY=VALUE override",
                                   hint=f"write ./{text} to mean the file, or rename the file")

@@ -146,6 +146,8 @@ def test_a_file_named_like_an_override_is_refused_not_guessed(tmp_path: Path) ->
     assert "Traceback" not in ambiguous.stderr
     assert ambiguous.stderr.strip() == ("mixtune: error: 'seed=1' is both an existing file and a KEY=VALUE "
                                         "override (write ./seed=1 to mean the file, or rename the file)")
+    after_a_flag = _mixtune("recipe", "check", TINY, "--no-plan", "seed=1", cwd=tmp_path)
+    assert after_a_flag.returncode == 2 and "'seed=1' is both an existing file" in after_a_flag.stderr
     as_path = _mixtune("recipe", "check", "./seed=1", "--no-plan", cwd=tmp_path)
     assert as_path.returncode == 0, as_path.stderr
     assert as_path.stdout.startswith("OK    ./seed=1:")
