@@ -139,18 +139,17 @@ def test_eval_run_overrides_reach_the_eval_spec(tmp_path: Path, capsys: pytest.C
 # ------------------------------------------------------------------------------------------ what is not an override
 
 
-def test_a_file_named_like_an_override_is_refused_not_guessed(tmp_path: Path) -> None:
+def test_a_file_named_like_an_override_is_refused_not_guessed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "seed=1").write_text(Path(TINY).read_text())
-    ambiguous = _mixtune("recipe", "check", "seed=1", "--no-plan", cwd=tmp_path)
-    assert ambiguous.returncode == 2
-    assert "Traceback" not in ambiguous.stderr
-    assert ambiguous.stderr.strip() == ("mixtune: error: 'seed=1' is both an existing file and a KEY=VALUE "
-                                        "override (write ./seed=1 to mean the file, or rename the file)")
-    after_a_flag = _mixtune("recipe", "check", TINY, "--no-plan", "seed=1", cwd=tmp_path)
-    assert after_a_flag.returncode == 2 and "'seed=1' is both an existing file" in after_a_flag.stderr
-    as_path = _mixtune("recipe", "check", "./seed=1", "--no-plan", cwd=tmp_path)
-    assert as_path.returncode == 0, as_path.stderr
-    assert as_path.stdout.startswith("OK    ./seed=1:")
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipe", "check", "seed=1", "--no-plan"]) == 2
+    assert capsys.readouterr().err == ("mixtune: error: 'seed=1' is both an existing file and a KEY=VALUE "
+                                       "override (write ./seed=1 to mean the file, or rename the file)\n")
+    assert main(["recipe", "check", TINY, "--no-plan", "seed=1"]) == 2  # after a flag too
+    assert "'seed=1' is both an existing file" in capsys.readouterr().err
+    assert main(["recipe", "check", "./seed=1", "--no-plan"]) == 0
+    assert capsys.readouterr().out.startswith("OK    ./seed=1:")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
