@@ -1,7 +1,9 @@
 """The `mixtune` command: `mixture`, `train`, `report`, `eval` and `recipe` subcommands.
 
-Each subpackage owns its subcommands in its own `cli.py` (a `register(subparsers)` function);
-heavy libraries (torch, transformers) are imported only inside the command that needs them.
+Each subpackage owns its subcommands in its own `cli.py` (a `register(subparsers)` function), built
+with the shared helpers of `mixtune.cli_args` (overrides, --collection, --json, -v) and handing its
+handler a typed arguments object; heavy libraries (torch, transformers) are imported only inside the
+command that needs them. Every command reads `COMMAND FILE [KEY=VALUE ...]`; `-v` goes anywhere.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from mixtune import __version__
+from mixtune.cli_args import add_common_to_all, command_arguments
 from mixtune.errors import MixtuneError, clip
 from mixtune.secrets import install_log_redaction, redact_text
 
@@ -30,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mixtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mixtune {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and a traceback with each error (also after the subcommand)")
     parser.add_argument("--reindex", action="store_true",
                         help="read every task file again instead of trusting the task cache (which re-reads a "
                         "file only when its size or modification time changed)")
@@ -40,45 +46,54 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(name)
         module.register(sub)
+    add_common_to_all(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse arguments, run the chosen command, print mixtune errors without a traceback."""
+def parse_arguments(argv: Sequence[str]) -> Any:
+    """The typed arguments `main` would hand the command `argv` names (overrides collected)."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        # `key=value` overrides may follow flags (`train R --collection X a.b=1`): argparse stops
-        # filling the positional list at the first flag, so collect the rest here.
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides = list(args.overrides) + extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.reindex:
+    ns, extra = parser.parse_known_args(argv)
+    return command_arguments(ns, extra, parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse arguments, run the chosen command, print errors as one `mixtune: error:` line
+    (with `-v`, after the traceback)."""
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    verbose = bool(getattr(ns, "verbose", False))
+    if ns.reindex:
         os.environ["MIXTUNE_REINDEX"] = "1"  # also reaches the processes a launcher starts from here
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_log_redaction()  # the console too, not only train.log
     try:
-        result = args.func(args)
+        result = ns.func(command_arguments(ns, extra, parser))
     except MixtuneError as e:
         if not getattr(e, "quiet", False):  # a copy of another process's error (mixtune.eval.collective)
+            _traceback(e, verbose)
             print(f"mixtune: error: {redact_text(clip(str(e), 2000))}", file=sys.stderr)
         return _failed(2)
     except BrokenPipeError:  # `mixtune ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except OSError as e:  # disk full, read-only folder, ...: say which file, without a traceback (-v shows it)
-        if args.verbose:
-            raise
-        print(f"mixtune: error: {e}", file=sys.stderr)
+    except OSError as e:  # disk full, read-only folder, ...: say which file (-v: and where it came from)
+        _traceback(e, verbose)
+        print(f"mixtune: error: {redact_text(str(e))}", file=sys.stderr)
         return _failed(1)
     except KeyboardInterrupt:
         print("mixtune: interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _traceback(error: BaseException, verbose: bool) -> None:
+    """With -v, the error's traceback on stderr (secrets masked, as in the logs)."""
+    if verbose:
+        sys.stderr.write(redact_text("".join(traceback.format_exception(error))))
 
 
 def _failed(code: int) -> int:

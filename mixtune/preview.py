@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from typing import Any
+
+from mixtune.cli_args import CommandArgs, add_json, add_overrides
 
 #: Marks around the trained (label) tokens in the text view.
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
@@ -119,7 +122,17 @@ def render(previews: list[dict[str, Any]]) -> str:
 JSON_KEYS = ("task", "input_text", "label_text", "num_tokens", "num_label_tokens", "truncated")
 
 
-def preview_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class PreviewArgs(CommandArgs):
+    """`mixtune recipe preview RECIPE [KEY=VALUE ...]`."""
+
+    recipe: str
+    overrides: list[str]
+    n: int
+    json: bool
+
+
+def preview_command(args: PreviewArgs) -> int:
     """Print the first `--n` examples of the recipe (text, or `--json`)."""
     from mixtune.recipe import load_recipe
 
@@ -142,9 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a packed row. Loads the tokenizer, not the model weights.",
         epilog="example: mixtune recipe preview recipes/tiny_causal.yaml data.max_source_length=64 --n 3")
     p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe fields, as `mixtune train`")
+    add_overrides(p, "recipe", what="recipe fields, as `mixtune train`", example="data.max_source_length=64")
     p.add_argument("--n", type=int, default=4, help="number of examples (default 4)")
-    p.add_argument("--json", action="store_true",
-                   help="print a JSON list of {task, input_text, label_text, num_tokens, num_label_tokens, "
-                   "truncated} (input_text: the decoded prompt ids; label_text: the decoded label ids)")
-    p.set_defaults(func=preview_command)
+    add_json(p, "a list of {task, input_text, label_text, num_tokens, num_label_tokens, truncated} "
+                "(input_text: the decoded prompt ids; label_text: the decoded label ids)")
+    p.set_defaults(func=preview_command, arguments=PreviewArgs)

@@ -1,4 +1,4 @@
-"""`mixtune recipe check RECIPE...`: validate recipes and the mixtures they reference, without a model.
+"""`mixtune recipe check RECIPE... [KEY=VALUE ...]`: validate recipes and the mixtures they reference, without a model.
 
 For each recipe: the YAML against the recipe schema (`load_recipe`), the mixture file(s) it names
 (`load_mixture`, nested files included), the DeepSpeed preset or JSON, the model section as far as
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixtune.cli_args import CommandArgs, add_collection, add_overrides
 from mixtune.errors import ConfigError, MixtuneError
 from mixtune.limits import json_loads
 
@@ -221,22 +222,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Validate each recipe (schema, mixture files, DeepSpeed preset, model section) and plan its "
         "mixture when the task collections are on this machine. Nothing is downloaded. Prints one line per "
         "recipe; exits 1 when any recipe fails.",
-        epilog="example: mixtune recipe check recipes/*.yaml")
-    check.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAML files")
-    check.add_argument("--collection", metavar="PATH",
-                       help="use this SuperNI folder (or `bundled`) as the path of every superni source of the "
-                       "mixtures, as `mixture show --collection` does")
-    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe field in every recipe checked, e.g. --set training.epochs=2")
+        usage="mixtune recipe check [-h] [-v] [--collection PATH] [--no-plan] RECIPE [RECIPE ...] [KEY=VALUE ...]",
+        epilog="example: mixtune recipe check recipes/*.yaml training.epochs=2")
+    check.add_argument("recipes", nargs="+", metavar="RECIPE",
+                       help="recipe YAML files, then KEY=VALUE overrides of recipe fields applied to every recipe "
+                       "checked, e.g. training.epochs=2")
+    add_overrides(check, "recipes", what="recipe fields", example="training.epochs=2", positional=False,
+                  legacy_set=True, name="RECIPE")
+    add_collection(check, "use this SuperNI folder (or `bundled`) as the path of every superni source of the "
+                   "mixtures, as `mixture show --collection` does")
     check.add_argument("--no-plan", action="store_true",
                        help="validate only; do not plan mixtures even when their collections are present")
-    check.set_defaults(func=check_command)
+    check.set_defaults(func=check_command, arguments=CheckArgs)
     from mixtune.preview import register as register_preview
 
     register_preview(sub)
 
 
-def check_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class CheckArgs(CommandArgs):
+    """`mixtune recipe check RECIPE... [KEY=VALUE ...]`."""
+
+    recipes: list[str]
+    overrides: list[str]
+    collection: str | None
+    no_plan: bool
+
+
+def check_command(args: CheckArgs) -> int:
     """Check every recipe given; print one line each; 1 if any failed."""
     failed = 0
     for path in args.recipes:

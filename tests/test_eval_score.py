@@ -338,17 +338,18 @@ def test_baseline_unknown_split(tmp_path) -> None:
 
 
 def test_eval_run_flags_become_spec_overrides(tmp_path) -> None:
-    """`eval run`'s named flags reach the eval spec (after --set, so they win)."""
-    from mixtune.cli import build_parser
+    """`eval run`'s named flags reach the eval spec (after the KEY=VALUE overrides, so they win)."""
+    from mixtune.cli import parse_arguments
     from mixtune.eval.cli import spec_overrides
     from mixtune.eval.spec import load_eval_spec
 
-    args = build_parser().parse_args([
-        "eval", "run", str(tmp_path), "--out", str(tmp_path / "out"), "--collection", "bundled",
+    args = parse_arguments([
+        "eval", "run", str(tmp_path), "max_new_tokens=1", "--out", str(tmp_path / "out"), "--collection", "bundled",
         "--tasks", "task199_*,task1390_wscfixed_coreference", "--settings", "zero_shot,def_pos2",
         "--max-instances", "7", "--batch-size", "4", "--max-new-tokens", "9", "--chat",
-        "--set", "max_new_tokens=1", "--set", "split=default", "--mixture", "mix.yaml",
+        "split=default", "--mixture", "mix.yaml",
     ])
+    assert args.overrides == ["max_new_tokens=1", "split=default"]
     spec = load_eval_spec({}, spec_overrides(args))
     assert spec.collection == "bundled" and spec.split == "default" and spec.chat is True
     assert spec.tasks == ["task199_*", "task1390_wscfixed_coreference"]

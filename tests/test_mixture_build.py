@@ -307,7 +307,7 @@ def _leftovers(parent: Path) -> list[str]:
 def test_killed_build_keeps_the_old_output_and_the_next_build_clears_its_leftovers(tmp_path, repo_root):
     mixture = shipped_mixture_yaml("superni_sample", tmp_path, repo_root)
     out = tmp_path / "out" / "mix"
-    assert main(["mixture", "build", str(mixture), "--out", str(out), "--set", "seed=1"]) == 0
+    assert main(["mixture", "build", str(mixture), "--out", str(out), "seed=1"]) == 0
     before, rows = _sha256(out), datasets.load_from_disk(str(out))["prompt"]
     signal_file = tmp_path / "writing"
     child = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(mixture), str(out), str(signal_file)])

@@ -17,7 +17,7 @@ from mixtune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MIXTURE = str(REPO / "data_mixtures" / "superni_sample.yaml")
-SMALL = ["--set", "epochs=null", "--set", "total_examples=300"]
+SMALL = ["epochs=null", "total_examples=300"]
 
 
 def _enospc(path: object = None) -> OSError:
@@ -80,7 +80,7 @@ def test_disk_full_during_mixture_build(built: Path, monkeypatch: pytest.MonkeyP
 
         monkeypatch.setattr(ArrowWriter, "finalize", finalize)
     capsys.readouterr()
-    assert main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "--set", "seed=7"]) == 1
+    assert main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "seed=7"]) == 1
     err = capsys.readouterr().err
     assert "mixtune: error: [Errno 28] No space left on device" in err and "Traceback" not in err
     # the previous build is untouched and nothing half-written is left beside it
@@ -88,7 +88,7 @@ def test_disk_full_during_mixture_build(built: Path, monkeypatch: pytest.MonkeyP
     assert datasets.load_from_disk(str(built))["prompt"] == rows
     assert _leftovers(built.parent) == []
     monkeypatch.undo()
-    assert main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "--set", "seed=7"]) == 0
+    assert main(["mixture", "build", MIXTURE, "--out", str(built), *SMALL, "seed=7"]) == 0
     assert _manifest(built)["hash"] != before["hash"]
 
 

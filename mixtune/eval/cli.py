@@ -6,14 +6,13 @@
     mixtune eval baseline --method copy_demo|copy_input|random_label [--collection PATH|bundled]
                           [--split default] [--tasks a,b*] [--max-instances 100] [--seed 0] --out PRED.jsonl
     mixtune eval compare DIR1 DIR2 ... [--baselines]
-    mixtune eval run MODEL_DIR [--eval EVAL.yaml] --out DIR [--collection PATH|bundled]
+    mixtune eval run MODEL_DIR [KEY=VALUE ...] [--eval EVAL.yaml] --out DIR [--collection PATH|bundled]
                      [--collection-type T] [--split NAME] [--tasks a,b*] [--settings zero_shot,def_pos2,pos2]
                      [--max-instances N] [--batch-size N] [--max-new-tokens N] [--max-source-length N]
                      [--chat] [--rank-classification] [--mixture PATH] [--no-baselines] [--overwrite]
-                     [--set KEY=VALUE ...]
 
-`eval run`'s flags become eval-spec overrides (`--set` entries first, the named flags after, so they win)
-in `args.set`, and `mixtune.eval.runner.run_eval_from_args(args)` does the rest.
+`eval run`'s flags become eval-spec overrides (the KEY=VALUE ones first, the named flags after, so they
+win), and `mixtune.eval.runner.run_eval_command` does the rest.
 """
 
 from __future__ import annotations
@@ -21,19 +20,84 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mixtune.cli_args import CommandArgs, add_collection, add_json, add_overrides
 from mixtune.errors import ConfigError
 
 ROUGE_TOKENIZER_HELP = ("ROUGE tokenizer: default (rouge-score's, English, Porter stemmer; as the official script) "
                         "or multilingual (offline Unicode tokenizer for non-English outputs)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class CollectionArgs(CommandArgs):
+    """--collection and --collection-type."""
+
+    collection: str | None
+    collection_type: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionArgs(CollectionArgs):
+    """--split, --tasks, --max-instances: which instances are evaluated."""
+
+    split: str | None
+    tasks: list[str] | None
+    max_instances: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreArgs(SelectionArgs):
+    """`mixtune eval score PRED.jsonl`."""
+
+    predictions: str
+    rouge_tokenizer: str
+    workers: int | None
+    json: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaselineArgs(SelectionArgs):
+    """`mixtune eval baseline --method M --out PRED.jsonl`."""
+
+    method: str
+    seed: int
+    max_labels: int
+    out: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareArgs(CommandArgs):
+    """`mixtune eval compare DIR...`."""
+
+    dirs: list[str]
+    baselines: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRunArgs(SelectionArgs):
+    """`mixtune eval run MODEL_DIR [KEY=VALUE ...] --out DIR`."""
+
+    model_dir: str
+    overrides: list[str]
+    eval: str | None
+    out: str
+    settings: list[str] | None
+    batch_size: int | None
+    max_new_tokens: int | None
+    max_source_length: int | None
+    chat: bool | None
+    rank_classification: bool | None
+    mixture: str | None
+    no_baselines: bool
+    overwrite: bool
+
+
 def _collection_args(parser: argparse.ArgumentParser, default: str | None) -> None:
-    parser.add_argument("--collection", default=default, metavar="PATH",
-                        help="task collection: a SuperNI folder, an HF dataset path, a JSONL file, or 'bundled' "
-                        "(the sample shipped with mixtune)" + (f" (default: {default})" if default else ""))
+    add_collection(parser, "task collection: a SuperNI folder, an HF dataset path, a JSONL file, or 'bundled' "
+                   "(the sample shipped with mixtune)", default=default)
     parser.add_argument("--collection-type", choices=("superni", "hf", "jsonl"), default=None,
                         help="format of --collection (default: jsonl for a .jsonl file, else superni)")
 
@@ -69,10 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=ROUGE_TOKENIZER_HELP)
     score.add_argument("--workers", type=int, default=None,
                        help="processes to score with (default: 1; one process scores ~10,000 predictions/s)")
-    score.add_argument("--json", action="store_true",
-                       help='print {"overall", "per_category", "per_task", "num_instances", "missing", '
-                       '"references"} as JSON on stdout')
-    score.set_defaults(func=_score)
+    add_json(score, '{"overall", "per_category", "per_task", "num_instances", "missing", "references"}')
+    score.set_defaults(func=_score, arguments=ScoreArgs)
 
     base = sub.add_parser("baseline", help="write a baseline's predictions (copy_demo, copy_input, random_label)",
                           description="The SuperNI paper's heuristic baselines as a predictions file: copy_demo "
@@ -86,19 +148,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     base.add_argument("--max-labels", type=int, default=10,
                       help="random_label: a task with at most this many distinct outputs has a label set (default: 10)")
     base.add_argument("--out", required=True, metavar="PRED.jsonl", help="predictions file to write")
-    base.set_defaults(func=_baseline)
+    base.set_defaults(func=_baseline, arguments=BaselineArgs)
 
     cmp = sub.add_parser("compare", help="side-by-side table of several evaluation output folders",
                          description="Overall EM / ROUGE-L and each category's primary metric for several "
                          "evaluation folders (each holding a metrics.json).")
     cmp.add_argument("dirs", nargs="+", metavar="DIR")
     cmp.add_argument("--baselines", action="store_true", help="add the first folder's baselines as columns")
-    cmp.set_defaults(func=_compare)
+    cmp.set_defaults(func=_compare, arguments=CompareArgs)
 
     run = sub.add_parser("run", help="generate on the held-out tasks, score and write a report",
                          description="Evaluate a saved model on the held-out tasks: predictions.jsonl, "
-                         "metrics.json, report.md, categories.png in --out. Flags override the eval YAML.")
+                         "metrics.json, report.md, categories.png in --out. KEY=VALUE and the flags override "
+                         "the eval YAML (the flags win).",
+                         epilog="example: mixtune eval run runs/tiny_causal/final max_new_tokens=64 --out runs/eval")
     run.add_argument("model_dir", metavar="MODEL_DIR", help="folder written by save_pretrained (e.g. a checkpoint)")
+    add_overrides(run, "model_dir", what="eval-spec fields", example="max_new_tokens=64 seed=1", legacy_set=True)
     run.add_argument("--eval", metavar="EVAL.yaml", default=None,
                      help="eval spec: a standalone eval YAML or a recipe with an `eval:` section")
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -120,9 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--no-baselines", action="store_true",
                      help="skip the copy_demo / copy_input / random_label baselines")
     run.add_argument("--overwrite", action="store_true", help="discard predictions already in --out")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="eval spec override, e.g. --set max_new_tokens=64 (repeatable)")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, arguments=EvalRunArgs)
 
 
 # ------------------------------------------------------------------------------------------------- handlers
@@ -142,7 +205,7 @@ def _print_table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...
     print_table(table)
 
 
-def _score(args: argparse.Namespace) -> int:
+def _score(args: ScoreArgs) -> int:
     from mixtune.eval.metrics import UNCATEGORIZED, primary_metric, score_file_details
     from mixtune.eval.predictions import resolve_collection
 
@@ -193,7 +256,7 @@ def _references_text(scores: Any) -> str:
     return "references from the predictions file (no --collection: its lines are trusted as they are)"
 
 
-def _baseline(args: argparse.Namespace) -> int:
+def _baseline(args: BaselineArgs) -> int:
     from mixtune.eval.baselines import write_baseline
     from mixtune.eval.predictions import resolve_collection
 
@@ -206,15 +269,15 @@ def _baseline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _compare(args: CompareArgs) -> int:
     from mixtune.eval.report import compare
 
     sys.stdout.write(compare(args.dirs, baselines=args.baselines))
     return 0
 
 
-def spec_overrides(args: argparse.Namespace) -> list[str]:
-    """`eval run`'s named flags as eval-spec `key=value` overrides (after the --set ones)."""
+def spec_overrides(args: EvalRunArgs) -> list[str]:
+    """`eval run`'s overrides: the KEY=VALUE ones, then the named flags as `key=value` (so they win)."""
     ctype = args.collection_type
     if ctype is None and args.collection and str(args.collection).endswith((".jsonl", ".json")) \
             and Path(args.collection).is_file():
@@ -234,11 +297,11 @@ def spec_overrides(args: argparse.Namespace) -> list[str]:
         "mixture": str(Path(args.mixture).expanduser().resolve()) if args.mixture else None,
     }
     # JSON is valid YAML: strings stay strings (quoted), lists and numbers keep their type.
-    return [*args.set, *(f"{k}={json.dumps(v)}" for k, v in fields.items() if v is not None)]
+    return [*args.overrides, *(f"{k}={json.dumps(v)}" for k, v in fields.items() if v is not None)]
 
 
-def _run(args: argparse.Namespace) -> int:
-    args.set = spec_overrides(args)
-    from mixtune.eval.runner import run_eval_from_args
+def _run(args: EvalRunArgs) -> int:
+    from mixtune.eval.runner import run_eval_command
 
-    return run_eval_from_args(args)
+    return run_eval_command(args.model_dir, args.out, eval_file=args.eval, overrides=spec_overrides(args),
+                            baselines=not args.no_baselines, overwrite=args.overwrite)

@@ -31,7 +31,7 @@ def resolve_tasks(collection: Any, split: str = "default", tasks: Sequence[str] 
                 matched = fnmatch.filter(names, pattern)
                 if not matched:
                     raise DataError(f"task pattern {pattern!r} matches no task", path=where, field="eval.tasks",
-                                    hint="check the pattern against `mixtune mixture tasks`")
+                                    hint="a shell glob over the collection's task names (a SuperNI folder's tasks/*.json)")
                 chosen.update(matched)
             elif pattern in names:
                 chosen.add(pattern)

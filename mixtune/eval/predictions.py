@@ -27,10 +27,7 @@ def resolve_collection(collection: Any, type: str | None = None) -> Any:
     """
     if collection is None or not isinstance(collection, (str, Path)):
         return collection
-    try:
-        from mixtune.tasks import open_collection
-    except ImportError:  # before the package re-exports it
-        from mixtune.tasks.collection import open_collection
+    from mixtune.tasks import open_collection
 
     text = str(collection)
     if type is None:

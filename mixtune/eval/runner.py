@@ -145,10 +145,8 @@ def prompt_budget(spec: EvalSpec, model: Any, kind: str) -> int | None:
 
 
 def _open_collection(spec: EvalSpec) -> Any:
-    try:
-        from mixtune.tasks import open_collection
-    except ImportError:  # the package re-export may not exist
-        from mixtune.tasks.collection import open_collection
+    from mixtune.tasks import open_collection
+
     return open_collection(type=spec.type, path=spec.collection)
 
 
@@ -440,15 +438,14 @@ def _write_metrics(metrics: dict[str, Any], out_dir: Path, *, report: bool) -> d
     return payload
 
 
-def run_eval_from_args(args: Any) -> int:
-    """`mixtune eval run MODEL_DIR --eval EVAL.yaml --out DIR [--set key=value ...] [--no-baselines]`."""
-    from mixtune.eval.spec import EvalSpec, load_eval_spec
+def run_eval_command(model_dir: str | Path, out: str | Path, *, eval_file: str | Path | None = None,
+                     overrides: Iterable[str] = (), baselines: bool = True, overwrite: bool = False) -> int:
+    """`mixtune eval run MODEL_DIR [KEY=VALUE ...] [--eval EVAL.yaml] --out DIR`: the eval spec from
+    `eval_file` (or the defaults) with `overrides` applied, run on `model_dir`, the overall scores printed."""
+    from mixtune.eval.spec import load_eval_spec
 
-    eval_file = getattr(args, "eval", None)
-    overrides = list(getattr(args, "set", None) or getattr(args, "overrides", None) or [])
-    spec = load_eval_spec(eval_file, overrides) if eval_file else load_eval_spec({}, overrides)
-    assert isinstance(spec, EvalSpec)
-    model_dir = Path(args.model_dir if hasattr(args, "model_dir") else args.model)
+    spec = load_eval_spec(eval_file if eval_file else {}, overrides)
+    model_dir = Path(model_dir)
     if not model_dir.exists():
         raise ConfigError("model folder not found", path=model_dir,
                           hint="give a folder written by save_pretrained (e.g. a training output_dir)")
@@ -456,13 +453,12 @@ def run_eval_from_args(args: Any) -> int:
 
     collection = _open_collection(spec)
     resolve_tasks(collection, spec.split, spec.tasks)  # a misspelt task or split fails before the model loads
-    metrics = run_eval(model_dir, spec, args.out, baselines=not getattr(args, "no_baselines", False),
-                       collection=collection, overwrite=getattr(args, "overwrite", False))
+    metrics = run_eval(model_dir, spec, out, baselines=baselines, collection=collection, overwrite=overwrite)
     if metrics:
         from mixtune.eval.report import print_overall
 
         overall = metrics["overall"]
         print(f"{metrics['primary_setting']}: exact_match {overall['exact_match']:.2f}  rougeL "
-              f"{overall['rougeL']:.2f}  ({Path(args.out) / 'metrics.json'})")
-        print(f"report: {print_overall(args.out)}")
+              f"{overall['rougeL']:.2f}  ({Path(out) / 'metrics.json'})")
+        print(f"report: {print_overall(out)}")
     return 0

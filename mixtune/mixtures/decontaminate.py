@@ -394,11 +394,11 @@ def add_subcommand(sub: Any) -> None:
     """Add `mixture decontaminate` to the `mixture` subparsers."""
     p = sub.add_parser("decontaminate", help="report (and optionally drop) training instances that overlap "
                                              "evaluation instances")
+    from mixtune.cli_args import add_collection, add_json, add_overrides
+
     p.add_argument("mixture", help="the mixture YAML")
-    p.add_argument("--collection", metavar="PATH",
-                   help="use this SuperNI folder (or `bundled`) as the path of every superni source")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of the mixture YAML (repeatable)")
+    add_overrides(p, "mixture", what="keys of the mixture YAML", example="seed=7", legacy_set=True)
+    add_collection(p)
     side = p.add_mutually_exclusive_group()
     side.add_argument("--eval-split", default="default", metavar="NAME",
                       help="evaluate against every instance of the tasks this split holds out "
@@ -410,7 +410,7 @@ def add_subcommand(sub: Any) -> None:
                    help="build the mixture without the contaminated instances (their examples are re-drawn from "
                         "clean instances of the same task, so the size and the per-task counts stay)")
     p.add_argument("--out", metavar="DIR", help="with --drop: output folder (datasets.load_from_disk)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json(p, "the report")
     p.set_defaults(func=decontaminate_command)
 
 

@@ -160,7 +160,7 @@ def _demos(items: list) -> tuple[Demonstration, ...]:
 
 
 def task_info(name: str, source: str, header: dict[str, Any]) -> TaskInfo:
-    """A TaskInfo from a stored header (see `headers.superni_header`)."""
+    """A TaskInfo from a stored header (see `headers.header_from`)."""
     return TaskInfo(
         name=name,
         definition=header.get("definition", ""),

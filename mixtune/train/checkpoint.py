@@ -150,11 +150,6 @@ def resolve_resume(resume: str, output_dir: str | Path, *, recipe_path: str | No
     return path
 
 
-def state_summary(state: StreamState) -> dict[str, Any]:
-    """The stream state as plain data (for logs)."""
-    return asdict(state)
-
-
 @contextlib.contextmanager
 def readable(checkpoint: str | Path, files: str | Callable[[], str]) -> Iterator[None]:
     """Turn a failure to load `files` of a checkpoint (corrupt, truncated, or a pickle that weights-only

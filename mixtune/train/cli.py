@@ -6,7 +6,28 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from mixtune.cli_args import CommandArgs, add_collection, add_overrides
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainArgs(CommandArgs):
+    """`mixtune train RECIPE [KEY=VALUE ...]`."""
+
+    recipe: str
+    overrides: list[str]
+    collection: str | None
+    print_launch: bool
+    data_order_log: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportArgs(CommandArgs):
+    """`mixtune report RUN_DIR`."""
+
+    run_dir: str
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,10 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "deepspeed or torchrun (see docs/distributed.md).",
         epilog="example: mixtune train recipes/tiny_causal.yaml training.max_steps=20 training.learning_rate=3e-4")
     p.add_argument("recipe", help="recipe YAML file (see docs/recipes.md)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="override recipe fields, e.g. training.learning_rate=1e-4 resume=never")
-    p.add_argument("--collection", metavar="PATH", default=None,
-                   help="a SuperNI-format folder (or `bundled`) for the mixture's superni sources "
+    add_overrides(p, "recipe", what="recipe fields", example="training.learning_rate=1e-4 resume=never")
+    add_collection(p, "a SuperNI-format folder (or `bundled`) for the mixture's superni sources "
                    "(the same as data.collection=PATH)")
     p.add_argument("--print-launch", action="store_true",
                    help="print the launch command for the recipe's distributed.nodes / processes_per_node "
@@ -29,24 +48,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="append the stream positions and tasks of every micro-batch to this JSONL file "
                    "(one line per micro-batch and process; for auditing which data a run trained on)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, arguments=TrainArgs)
     r = subparsers.add_parser(
         "report", help="write a finished run's training report",
         description="Write RUN_DIR/training_report.md (loss per category, examples and tokens per task against "
         "the plan, held-out evaluations over the steps) from the run's files. Runs write it when they end.",
         epilog="example: mixtune report runs/tiny_causal")
     r.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a finished run")
-    r.set_defaults(func=_report)
+    r.set_defaults(func=_report, arguments=ReportArgs)
 
 
-def _report(args: argparse.Namespace) -> int:
+def _report(args: ReportArgs) -> int:
     from mixtune.train.report import write_training_report
 
     print(f"training report: {write_training_report(args.run_dir)}")
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: TrainArgs) -> int:
     from mixtune.recipe import load_recipe
 
     overrides = list(args.overrides)

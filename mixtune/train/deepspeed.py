@@ -97,18 +97,6 @@ def zero_stage(config: dict[str, Any] | None) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
-def write_presets(folder: str | Path) -> list[Path]:
-    """Write every preset as `<folder>/<name>.json` (how recipes/deepspeed/ is produced)."""
-    from mixtune.io import atomic_write_json
-
-    written = []
-    for name, config in PRESETS.items():
-        target = Path(folder) / f"{name}.json"
-        atomic_write_json(target, config)
-        written.append(target)
-    return written
-
-
 def from_launcher_env(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The preset matching `accelerate launch --use_deepspeed --zero_stage N [--offload_*_device cpu]`.
 

@@ -5,9 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
+from mixtune.cli_args import CommandArgs, add_collection, add_json
 from mixtune.mixtures.task_select.select import METHODS
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectArgs(CommandArgs):
+    """`mixtune mixture select`."""
+
+    collection: str | None
+    from_mixture: str | None
+    type: str
+    split: str
+    target: str | None
+    target_file: str | None
+    k: int
+    method: str
+    weights: str
+    max_instances: int
+    target_instances: int
+    neighbors: int
+    out: str
+    json: bool
+    plot: str | None
 
 
 def _positive(text: str) -> int:
@@ -25,9 +48,8 @@ def add_subcommand(sub: Any) -> None:
                                    "every held-out task of the split) by similarity to the target and write the "
                                    "top k as a mixture YAML (see docs/selection.md).")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--collection", metavar="PATH",
-                       help="candidates: every task of this collection (a SuperNI folder or `bundled`; "
-                            "see --type) not held out by --split")
+    add_collection(where, "candidates: every task of this collection (a SuperNI folder or `bundled`; "
+                          "see --type) not held out by --split")
     where.add_argument("--from", dest="from_mixture", metavar="MIXTURE.yaml",
                        help="candidates: the tasks this mixture's sources take, minus what it holds out")
     p.add_argument("--type", default="superni", choices=("superni", "hf", "jsonl"),
@@ -55,12 +77,12 @@ def add_subcommand(sub: Any) -> None:
     p.add_argument("--neighbors", type=_positive, default=10, metavar="N",
                    help="retrieval: nearest candidate instances each target instance votes for (default 10)")
     p.add_argument("--out", required=True, metavar="MIXTURE.yaml", help="the mixture YAML to write")
-    p.add_argument("--json", action="store_true", help="print the selection as JSON instead of a table")
+    add_json(p, "the selection")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the scores (and a task × target heat map)")
-    p.set_defaults(func=select_command)
+    p.set_defaults(func=select_command, arguments=SelectArgs)
 
 
-def select_command(args: argparse.Namespace) -> int:
+def select_command(args: SelectArgs) -> int:
     """Score the candidates, print the top k, write the mixture YAML (and the plot)."""
     from mixtune.mixtures.task_select.output import (
         mixture_yaml,
