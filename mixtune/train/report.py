@@ -120,17 +120,19 @@ def plot_mixing_weights(records: list[dict[str, Any]], path: str | Path) -> Path
     import matplotlib.pyplot as plt
 
     steps = [r["first_step"] for r in records]
+    width = steps[1] - steps[0] if len(steps) > 1 else 1
     names = sorted(records[-1]["weights"], key=lambda n: -records[-1]["weights"][n])
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     colors = plt.get_cmap("tab20").colors
-    for i, name in enumerate(names):
-        ax.step(steps, [r["weights"][name] for r in records], where="post", linewidth=1,
+    for i, name in enumerate(names):  # each segment drawn over its steps, the last one too
+        values = [r["weights"][name] for r in records]
+        ax.step([*steps, steps[-1] + width], [*values, values[-1]], where="post", linewidth=1,
                 color=colors[i % len(colors)], linestyle=("-", "--", ":")[i // len(colors) % 3],
                 label=name if i < 20 else None)
     ax.set_xlabel("step")
     ax.set_ylabel("sampling probability")
-    ax.set_title(f"online mixing weights ({len(names)} groups)")
-    ax.legend(fontsize=6, ncol=2 if len(names) > 10 else 1, loc="upper right")
+    ax.set_title(f"online mixing weights ({len(names)} groups; legend: the 20 largest at the end)")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
