@@ -133,12 +133,7 @@ def plot_mixing_weights(records: list[dict[str, Any]], path: str | Path) -> Path
     ax.set_ylabel("sampling probability")
     ax.set_title(f"online mixing weights ({len(names)} groups; legend: the 20 largest at the end)")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
-    return Path(path)
+    return _save_png(fig, path)
 
 
 def _heldout_section(info: dict[str, Any], run_dir: Path, eval_dir: str, eval_report: str) -> list[str]:
@@ -183,6 +178,13 @@ def plot_category_losses(losses: list[dict[str, Any]], path: str | Path) -> Path
     ax.set_ylabel("training loss (token-weighted)")
     ax.set_title("training loss per category")
     ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1, loc="upper right")
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
