@@ -159,6 +159,27 @@ def test_bad_online_settings_are_errors_naming_the_field(tmp_path, change, words
     assert words in str(e.value)
 
 
+def test_resuming_with_another_global_batch_is_refused():
+    """The segment size (every_steps × global batch) is part of the saved state: another one is an error naming
+    both; the same one restores the history and the bandit exactly."""
+    from mixtune.train.online_mixing import OnlineMixing
+
+    plan = _plan(ONLINE)
+    saved = OnlineMixing(plan)
+    saved.start(global_batch=4, state=None)
+    saved.ensure(8)
+    saved.add_step(np.linspace(0, 3, len(plan.tasks)), np.ones(len(plan.tasks)))
+    saved.end_segment(0)
+    state = json.loads(json.dumps(saved.state()))
+    again = OnlineMixing(plan)
+    again.start(global_batch=4, state=state)
+    assert [w.tolist() for w in again.history] == [w.tolist() for w in saved.history]
+    assert again.bandit.rewards.tolist() == saved.bandit.rewards.tolist() and again.bandit.pulls == 8
+    with pytest.raises(ConfigError) as e:
+        OnlineMixing(plan).start(global_batch=8, state=state)
+    assert "8 positions" in str(e.value) and "16" in str(e.value) and "global batch" in str(e.value)
+
+
 def test_online_with_data_workers_is_refused(tmp_path):
     from mixtune.recipe import load_recipe
     from mixtune.train.run import run_training
