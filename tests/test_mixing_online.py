@@ -293,6 +293,12 @@ def test_weights_move_toward_the_high_loss_task_in_a_real_run(tmp_path):
     report = (out / "training_report.md").read_text()
     assert "## Online mixing weights" in report and "![mixing weights over steps](mixing_weights.png)" in report
     assert (out / "mixing_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a fresh run into the same folder starts the weights file over
+    again = subprocess.run([sys.executable, "-m", "mixtune", "train", str(recipe), *args, "training.max_steps=2",
+                            "training.save_steps=2", "resume=never"], cwd=REPO, env=_env(), capture_output=True,
+                           text=True, timeout=420)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [json.loads(x)["step"] for x in (out / "mixing_weights.jsonl").read_text().splitlines()] == [0, 0, 2]
 
 
 @pytest.mark.integration

@@ -207,9 +207,11 @@ class OnlineMixingCallback(TrainerCallback):
             return
         from mixtune.train.task_losses import _keep_lines_up_to
 
-        _keep_lines_up_to(self.path, self.start_step)
-        if self.start_step == 0:
+        if self.start_step == 0:  # a fresh run (resume=never included) starts the file over
+            self.path.unlink(missing_ok=True)
             self._write([self.online.line(0, 0), self.online.line(0, 1)], args)
+        else:
+            _keep_lines_up_to(self.path, self.start_step)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         sums, tokens = self.losses.take_step(args)
