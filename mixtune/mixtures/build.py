@@ -52,6 +52,12 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
     byte (the dataset fingerprint is the mixture hash). On failure `out_dir` keeps its previous content
     (or stays absent); what a killed earlier build left beside `out_dir` is cleared first.
     """
+    if plan.spec.mixing.strategy == "online":
+        from mixtune.errors import ConfigError
+
+        raise ConfigError("an online mixture has no fixed stream to build: its examples depend on the losses "
+                          "seen in training", path=plan.spec.path, field="mixing.strategy",
+                          hint="to build its initial (static) rates, add --set mixing.strategy=static")
     out_dir = Path(out_dir)
     remove_stale_siblings(out_dir)
     fmt = {"tokenizer": tokenizer, "max_source_length": max_source_length}

@@ -135,6 +135,7 @@ class MixturePlan:
             "held_out": {"num_tasks": len(self.held_out), "allowed": self.spec.held_out.allow,
                          "in_mixture": in_mixture},
             **({"stages": [self._stage_summary(st) for st in self.stages]} if self.stages else {}),
+            **({"mixing": _online_summary(self)} if self.spec.mixing.strategy == "online" else {}),
         }
 
     def _stage_summary(self, stage: Stage) -> dict[str, Any]:
@@ -349,6 +350,12 @@ def _resolve(spec: MixtureSpec, prefix: str, seed: int, open_source: Any, tasks:
         components.append((weight, _resolve(child, f"{prefix}{child.name}/", seed, open_source, tasks,
                                             collections, held_out)))
     return nest(components)
+
+
+def _online_summary(plan: MixturePlan) -> dict[str, Any]:
+    from mixtune.mixtures.online import mixing_summary
+
+    return mixing_summary(plan)
 
 
 def _unique(label: str, taken: dict[str, Any]) -> str:

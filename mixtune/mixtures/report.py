@@ -64,10 +64,25 @@ def print_summary(summary: dict[str, Any], console: Console | None = None, *, sp
         for t in sorted(stage["tasks"], key=lambda t: (-t["realised_examples"], t["source"], t["name"])):
             table.add_row(t["name"], t["source"], t["category"], str(t["realised_examples"]))
         print_table(table, console)
+    if "mixing" in summary:
+        _print_mixing(summary["mixing"], console)
     held = summary["held_out"]
     note = (f"{len(held['in_mixture'])} held-out task(s) IN the mixture (allowed)" if held["in_mixture"]
             else "no held-out task in the mixture")
     console.print(f"mixture hash: [bold]{summary['hash']}[/bold]   held out: {held['num_tasks']} task(s); {note}")
+
+
+def _print_mixing(mixing: dict[str, Any], console: Console) -> None:
+    """The online re-weighting: method, groups, floor; the rates above are where it starts."""
+    table = Table(title=f"online re-weighting: {mixing['method']} ({mixing['paper']}), by {mixing['group_by']}: "
+                        f"{mixing['num_groups']} groups, updated every {mixing['every_steps']} steps, floor "
+                        f"{mixing['floor']:.4g}, smoothing {mixing['smoothing']:g}; the stream depends on training "
+                        "(the counts above are the static rates' only)")
+    for col, justify in [("group", "left"), ("tasks", "right"), ("initial rate", "right")]:
+        table.add_column(col, justify=justify)
+    for g in mixing["groups"]:
+        table.add_row(g["name"], str(g["num_tasks"]), f"{g['initial_rate']:.4f}")
+    print_table(table, console)
 
 
 def plot_rates(summary: dict[str, Any], path: str | Path) -> Path:

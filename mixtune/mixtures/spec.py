@@ -128,6 +128,28 @@ class StageSpec(StrictModel):
         return self
 
 
+class MixingSpec(StrictModel):
+    """How the tasks' rates evolve during training: fixed (`static`) or re-weighted online from the
+    per-group training losses (`online`: ODM's EXP3 bandit, Albalak et al. 2023); see docs/mixtures.md."""
+
+    strategy: Literal["static", "online"] = Field(
+        "static", description="`static`: the rates above, fixed (the default); `online`: re-weight the groups "
+        "every `every_steps` optimizer steps from their training losses (training only: `mixture build` refuses).")
+    method: Literal["exp3"] = Field(
+        "exp3", description="Online method: `exp3` is ODM (Albalak et al. 2023, 'Efficient Online Data Mixing "
+        "For Language Model Pre-Training'): an EXP3 bandit whose reward is a group's training loss.")
+    group_by: Literal["task", "category", "source"] = Field(
+        "task", description="The arms of the bandit: every task (its sources/encodings together), every "
+        "category, or every source.")
+    every_steps: int = Field(10, ge=1, description="Update interval in optimizer steps: the stream is cut into "
+                             "segments of every_steps × global batch positions, one weight vector each.")
+    floor: float | None = Field(
+        None, ge=0, lt=1, description="Minimum probability of every group, so none starves (default: a tenth of "
+        "uniform, 0.1 / number of groups); groups × floor must be at most 1.")
+    smoothing: float = Field(0.9, ge=0, lt=1, description="ODM's moving-average factor α of the estimated "
+                             "rewards (the paper's default 0.9): R̂ ← α R̂ + (1 − α) loss / probability, per example.")
+
+
 class MixtureSpec(StrictModel):
     """A mixture file: sources and nested mixtures, weighed by cap, temperature and weights."""
 
@@ -155,6 +177,9 @@ class MixtureSpec(StrictModel):
         "own sources/mixtures (instead of the mixture's); see docs/mixtures.md.",
     )
 
+    mixing: MixingSpec = Field(default_factory=MixingSpec,
+                               description="Static rates (default) or online re-weighting during training.")
+
     _path: Path | None = PrivateAttr(None)
     _children: list[tuple[float, MixtureSpec]] = PrivateAttr(default_factory=list)
     _stages: list[MixtureSpec] = PrivateAttr(default_factory=list)
@@ -173,6 +198,9 @@ class MixtureSpec(StrictModel):
                 raise ValueError("give every stage a `fraction`, or every stage `examples`, not a mix")
             if None in fractions and (self.total_examples is not None or self.epochs is not None):
                 raise ValueError("stages given in `examples` set the mixture's length: drop total_examples/epochs")
+            if self.mixing.strategy != "static":
+                raise ValueError("online re-weighting (`mixing`) of a staged mixture is not supported: use one "
+                                 "or the other")
         elif not self.sources and not self.mixtures:
             raise ValueError("a mixture needs at least one entry in `sources` or `mixtures`")
         names = [s.name for s in self.sources]
@@ -206,7 +234,9 @@ class MixtureSpec(StrictModel):
 
     def resolved(self) -> dict[str, Any]:
         """The spec with nested mixtures inlined (for hashing and manifests)."""
-        data = self.model_dump(mode="json", exclude={"mixtures", "stages"})
+        # a static mixture's resolved form (and so its hash) is what it was before `mixing` existed
+        exclude = {"mixtures", "stages"} | ({"mixing"} if self.mixing.strategy == "static" else set())
+        data = self.model_dump(mode="json", exclude=exclude)
         data["mixtures"] = [{"weight": w, "mixture": c.resolved()} for w, c in self._children]
         if self._stages:
             data["stages"] = [{"fraction": st.fraction, "examples": st.examples, "mixture": sub.resolved()}
@@ -286,4 +316,7 @@ def _resolve_paths(spec: MixtureSpec, path: Path | None, collection: str | None,
             raise ConfigError(f"nested mixture {nested.path!r} not found (looked at {child_path})",
                               path=path, field=f"{field}mixtures[{i}].path", hint="paths are relative to this file")
         child = _load(child_path, (), collection, here)
+        if child.mixing.strategy != "static":
+            raise ConfigError("a nested mixture cannot re-weight online", path=child_path, field="mixing",
+                              hint="set `mixing:` in the top mixture file only")
         spec._children.append((nested.weight, child))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ class CheckpointStateCallback(TrainerCallback):
         self.global_batch_size = global_batch_size
         self.world_size = world_size
         self.mixture_hash = mixture_hash
+        self.mixing_state: Callable[[], dict[str, Any]] | None = None  # set by an online mixture
 
     def position_at(self, global_step: int) -> int:
         """Stream position after `global_step` optimizer steps of this run."""
@@ -61,7 +63,8 @@ class CheckpointStateCallback(TrainerCallback):
             mark_complete(folder, StreamState(
                 global_step=state.global_step, position=self.position_at(state.global_step),
                 mixture_hash=self.mixture_hash, global_batch_size=self.global_batch_size,
-                world_size=self.world_size, schedule=self.schedule))
+                world_size=self.world_size, schedule=self.schedule,
+                mixing=self.mixing_state() if self.mixing_state else None))
             rotate(args.output_dir, self.save_total_limit, protect=state.best_model_checkpoint)
         _barrier()
 

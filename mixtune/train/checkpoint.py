@@ -46,6 +46,7 @@ class StreamState:
     global_batch_size: int
     world_size: int
     schedule: dict[str, Any] | None = None  # the LR schedule that saved it (`schedule_of`); None before 0.x
+    mixing: dict[str, Any] | None = None    # an online mixture's weight history and bandit state (`OnlineMixing`)
 
 
 def checkpoint_step(path: str | Path) -> int | None:

@@ -5,6 +5,7 @@ Written at the end of every run and by `mixtune report RUN_DIR`, from the run's 
 - the training loss per category over the steps (`loss_per_category.png`, from `losses.jsonl`);
 - per task, the examples the plan meant the run to see (rate × trained examples), the examples it saw
   (its stream positions) and the label tokens it trained on (summed over `losses.jsonl`);
+- an online mixture's group weights over the steps (`mixing_weights.png`, from `mixing_weights.jsonl`);
 - the held-out evaluations over the steps, each linked to its report.
 """
 
@@ -22,6 +23,7 @@ from mixtune.train.task_losses import read_losses
 
 REPORT_FILE = "training_report.md"
 PLOT_FILE = "loss_per_category.png"
+WEIGHTS_PLOT = "mixing_weights.png"
 
 
 def write_training_report(run_dir: str | Path) -> Path:
@@ -44,6 +46,7 @@ def write_training_report(run_dir: str | Path) -> Path:
              f"{info['mixture']['name']!r} (hash {info.get('mixture_hash')}).", ""]
     lines += _loss_section(run_dir, losses)
     lines += _task_section(info, losses)
+    lines += _weights_section(run_dir)
     lines += _heldout_section(info, run_dir, EVAL_DIR, EVAL_REPORT)
     path = run_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -89,6 +92,50 @@ def _task_section(info: dict[str, Any], losses: list[dict[str, Any]]) -> list[st
     return [*lines, ""]
 
 
+def _weights_section(run_dir: Path) -> list[str]:
+    """An online mixture's weights: the plot and, per group, its first and last weight (nothing for static)."""
+    from mixtune.train.online_mixing import read_weights
+
+    records = read_weights(run_dir)
+    if not records:
+        return []
+    plot_mixing_weights(records, run_dir / WEIGHTS_PLOT)
+    first, last = records[0], records[-1]
+    lines = ["## Online mixing weights", "",
+             f"The sampling probability of each group per segment ({len(records)} segments; segment k starts at "
+             f"step `first_step`; `mixing_weights.jsonl`).", "",
+             f"![mixing weights over steps]({WEIGHTS_PLOT})", "",
+             f"| group | weight at step {first['first_step']} | weight at step {last['first_step']} |",
+             "| --- | ---: | ---: |"]
+    for name in sorted(last["weights"], key=lambda n: -last["weights"][n]):
+        lines.append(f"| {name} | {first['weights'][name]:.4f} | {last['weights'][name]:.4f} |")
+    return [*lines, ""]
+
+
+def plot_mixing_weights(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Draw each group's weight over the steps (a step line per group) and save it as PNG (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["first_step"] for r in records]
+    width = steps[1] - steps[0] if len(steps) > 1 else 1
+    names = sorted(records[-1]["weights"], key=lambda n: -records[-1]["weights"][n])
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colors = plt.get_cmap("tab20").colors
+    for i, name in enumerate(names):  # each segment drawn over its steps, the last one too
+        values = [r["weights"][name] for r in records]
+        ax.step([*steps, steps[-1] + width], [*values, values[-1]], where="post", linewidth=1,
+                color=colors[i % len(colors)], linestyle=("-", "--", ":")[i // len(colors) % 3],
+                label=name if i < 20 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("sampling probability")
+    ax.set_title(f"online mixing weights ({len(names)} groups; legend: the 20 largest at the end)")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return _save_png(fig, path)
+
+
 def _heldout_section(info: dict[str, Any], run_dir: Path, eval_dir: str, eval_report: str) -> list[str]:
     history = (info.get("heldout_eval") or {}).get("history") or []
     lines = ["## Held-out evaluations", ""]
@@ -131,6 +178,13 @@ def plot_category_losses(losses: list[dict[str, Any]], path: str | Path) -> Path
     ax.set_ylabel("training loss (token-weighted)")
     ax.set_title("training loss per category")
     ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1, loc="upper right")
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -84,6 +84,9 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
         plan = plan_for(recipe)
     if len(plan) == 0:
         raise ConfigError("the mixture has no examples", path=recipe.source, field="data.mixture")
+    from mixtune.train.online_mixing import online_mixing
+
+    online = online_mixing(recipe, plan)  # None for a static mixture; refuses DataLoader workers
 
     # The plan's world size is known once the training arguments have set up the processes.
     from mixtune.train.launch import check_cpu_deepspeed_launch
@@ -152,13 +155,17 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     collate = build_collator(recipe, model, tokenizer, kind)
     limit, length_field = context_length(model.config), _length_field(kind)
     _check_length(recipe, limit, length_field)
-    # prompts come whole from the plan; the collator fits them to the budgets in token space
-    collator = StreamCollator(plan, collate, order_log=order_log, rank=args.process_index, max_positions=limit,
-                              length_field=length_field, task_ids=True)
     stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch,
                             micro_batch=recipe.training.per_device_batch_size * world)
+    if online is not None:
+        online.start(global_batch=g_batch, state=state.mixing if state else None, recipe_path=recipe.source)
+    # prompts come whole from the plan; the collator fits them to the budgets in token space
+    collator = StreamCollator(online.view(stream.stop) if online else plan, collate, order_log=order_log,
+                              rank=args.process_index, max_positions=limit, length_field=length_field, task_ids=True)
     callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
                            global_batch=g_batch, world=world, stop_position=stream.stop, schedule=schedule)
+    if online is not None:
+        online.attach(callbacks, recipe.output_dir, start_step=start_step, stop=stream.stop)
     heldout = None
     if recipe.eval is not None:
         from mixtune.eval.callback import HeldOutEvalCallback
@@ -178,7 +185,8 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
         "mixture": plan.summary(),
         "mixture_hash": plan.hash,
         "trained_examples": end_position,
-        "trained_task_counts": trained_task_counts(plan, end_position),
+        "trained_task_counts": (online.trained_task_counts(end_position) if online
+                                else trained_task_counts(plan, end_position)),
         "global_steps": max_steps,
         "world_size": world,
         "zero_stage": zero_stage(args.deepspeed) if isinstance(args.deepspeed, dict) else None,

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -72,7 +73,7 @@ def trained_token_losses(logits: torch.Tensor, labels: torch.Tensor, task_ids: t
 class TaskLossCallback(TrainerCallback):
     """Sum the per-token losses per task between logging steps; write `losses.jsonl` (see the module doc)."""
 
-    def __init__(self, plan: Any, output_dir: str | Path, *, start_step: int = 0) -> None:
+    def __init__(self, plan: Any, output_dir: str | Path, *, start_step: int = 0, per_step: bool = False) -> None:
         self.names = [t.name for t in plan.tasks]
         self.categories = [t.category for t in plan.tasks]
         self.sources = [t.source for t in plan.tasks]
@@ -80,6 +81,8 @@ class TaskLossCallback(TrainerCallback):
         self.start_step = start_step
         self._sums: torch.Tensor | None = None
         self._tokens: torch.Tensor | None = None
+        self.per_step = per_step  # also sum each optimizer step apart (`take_step`, for online mixing)
+        self._step: torch.Tensor | None = None
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, *, shift: bool) -> None:
         """Count one micro-batch's trained tokens (called from the trainer's compute_loss)."""
@@ -90,6 +93,20 @@ class TaskLossCallback(TrainerCallback):
         valid = tasks >= 0
         self._sums.index_add_(0, tasks[valid], losses[valid].double())
         self._tokens.index_add_(0, tasks[valid], torch.ones_like(losses[valid], dtype=torch.float64))
+        if self.per_step:
+            if self._step is None:
+                self._step = torch.zeros(2, len(self.names), dtype=torch.float64, device=losses.device)
+            self._step[0].index_add_(0, tasks[valid], losses[valid].double())
+            self._step[1].index_add_(0, tasks[valid], torch.ones_like(losses[valid], dtype=torch.float64))
+
+    def take_step(self, args: Any) -> tuple[Any, Any]:
+        """The per-task loss sums and label tokens of the optimizer step just ended, summed over processes
+        (numpy float64; every process gets the same values). Call on every process."""
+        step, self._step = self._step, None
+        sums, tokens = self._reduced(args, None if step is None else step[0], None if step is None else step[1])
+        if sums is None or tokens is None:
+            return np.zeros(len(self.names)), np.zeros(len(self.names))
+        return sums.numpy(), tokens.numpy()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:
@@ -98,7 +115,7 @@ class TaskLossCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs or "learning_rate" not in logs:  # the Trainer's training log only
             return
-        sums, tokens = self._reduced(args)
+        sums, tokens = self._reduced(args, self._sums, self._tokens)
         self._sums = self._tokens = None
         if not state.is_world_process_zero or sums is None:
             return
@@ -108,11 +125,11 @@ class TaskLossCallback(TrainerCallback):
         if "wandb" in (args.report_to or []):
             _log_wandb(line)
 
-    def _reduced(self, args: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _reduced(self, args: Any, sums: torch.Tensor | None, tokens: torch.Tensor | None,
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         import torch.distributed as dist
 
         distributed = dist.is_available() and dist.is_initialized() and args.world_size > 1
-        sums, tokens = self._sums, self._tokens
         if sums is None or tokens is None:
             if not distributed:
                 return None, None
