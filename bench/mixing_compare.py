@@ -6,7 +6,7 @@ Each arm is a mixture of the bundled SuperNI sample's 60 training tasks, trained
 
 - static: data_mixtures/quickstart.yaml (examples-proportional, temperature 1);
 - staged: bench/mixtures/quickstart_curriculum.yaml (30% label-output tasks first, then all tasks);
-- online: bench/mixtures/quickstart_online.yaml (the static mixture re-weighted online from per-task losses).
+- online: data_mixtures/quickstart_online.yaml (the static mixture re-weighted online from per-task losses).
 
 Seed s sets both the mixture's seed and `training.seed`. Every run is a real `mixtune train` process; results
 go to <out>/results.jsonl, one line per run, appended, so an interrupted comparison resumes where it stopped.
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARMS = {
     "static": REPO / "data_mixtures" / "quickstart.yaml",
     "staged": REPO / "bench" / "mixtures" / "quickstart_curriculum.yaml",
-    "online": REPO / "bench" / "mixtures" / "quickstart_online.yaml",
+    "online": REPO / "data_mixtures" / "quickstart_online.yaml",
 }
 
 
