@@ -28,8 +28,8 @@ def tiny(config: dict, tokenizer: str | None = None):
 def prompts(bundled_dir) -> list[str]:
     """SuperNI prompts of different lengths (definition + the instance input), cut to 160 tokens."""
     from mixtune.encodings import encode_prompt, encoding_for_setting
-    from mixtune.eval.evalsets import resolve_tasks
     from mixtune.tasks.collection import open_collection
+    from mixtune.tasks.matching import resolve_tasks
 
     collection = open_collection(path=bundled_dir)
     tasks = resolve_tasks(collection)[:6]
