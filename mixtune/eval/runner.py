@@ -185,8 +185,8 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     """
     from mixtune.eval.collective import on_every_rank, on_main
     from mixtune.eval.evalsets import chance_exact_match
-    from mixtune.eval.generation import process_state
     from mixtune.eval.predictions import task_categories
+    from mixtune.eval.sharding import process_state
     from mixtune.tasks.matching import resolve_tasks
 
     state = process_state()

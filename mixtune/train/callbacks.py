@@ -1,25 +1,18 @@
-"""Trainer callbacks: completing checkpoints (stream state + marker), the text log, NaN policy."""
+"""Trainer callbacks: completing checkpoints (stream state + marker), metric lines of the run log, NaN policy."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from mixtune.distributed import barrier
 from mixtune.errors import MixtuneError
 from mixtune.train.checkpoint import StreamState, delete_checkpoint, mark_complete, rotate
 from mixtune.train.data import stream_position
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class CheckpointStateCallback(TrainerCallback):
@@ -55,7 +48,7 @@ class CheckpointStateCallback(TrainerCallback):
             state.epoch = self.position_at(state.global_step) / self.mixture_size
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        _barrier()
+        barrier()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             mark_complete(folder, StreamState(
@@ -63,27 +56,17 @@ class CheckpointStateCallback(TrainerCallback):
                 mixture_hash=self.mixture_hash, global_batch_size=self.global_batch_size,
                 world_size=self.world_size, schedule=self.schedule))
             rotate(args.output_dir, self.save_total_limit, protect=state.best_model_checkpoint)
-        _barrier()
+        barrier()
 
 
 class TextLogCallback(TrainerCallback):
-    """Append every log record (loss, learning rate, ...) as one line to a plain-text file."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def write(self, text: str) -> None:
-        """Append a line to the log (main process only; callers check); secrets are masked."""
-        from mixtune.secrets import redact_text
-
-        text = redact_text(text)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    """Write every log record (loss, learning rate, ...) as one line of the run log (`mixtune.train.run_log`)."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
-            self.write(f"step {state.global_step}: {json.dumps(logs, default=str)}")
+            from mixtune.train.run_log import note
+
+            note(f"step {state.global_step}: {json.dumps(logs, default=str)}")
 
 
 class NanPolicyCallback(TrainerCallback):
@@ -108,7 +91,7 @@ class StaleCheckpointCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.exists():
             delete_checkpoint(folder)  # renamed out of the checkpoint namespace first
-        _barrier()
+        barrier()
 
 
 class MixtureLogCallback(TrainerCallback):
