@@ -1,4 +1,4 @@
-"""Process-group helpers for every layer: the launch's world size and a barrier (both no-ops in one process)."""
+"""Process-group helpers for every layer: the launch's world size, a barrier (no-ops in one process)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Text normalisation shared by the metrics and decontamination (a base module: imports nothing of mixtune)."""
+"""Text normalisation shared by the metrics and decontamination (a base module: no mixtune imports)."""
 
 from __future__ import annotations
 

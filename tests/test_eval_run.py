@@ -164,7 +164,8 @@ def test_eval_run_writes_everything(finished_run, collection):
     assert set(saved["baselines"]) == {"copy_demo", "copy_input", "random_label"}
     assert saved["num_instances"]["overall"] == 9 and saved["settings"]["zero_shot"]["generated"] == 9
     # the metrics are the official scorer's on the written file
-    assert score_file_details(out / "predictions.jsonl", collection, tasks=TASKS, max_instances=3).as_dict()["per_task"] == saved["per_task"]
+    rescored = score_file_details(out / "predictions.jsonl", collection, tasks=TASKS, max_instances=3)
+    assert rescored.per_task == saved["per_task"]
     # rank classification covers exactly the two label-set tasks, reported on its own
     ranked = saved["rank_classification"]["def_pos2"]
     assert ranked["tasks"] == ["task1390_wscfixed_coreference", "task199_mnli_classification"]

@@ -142,8 +142,9 @@ def test_score_agrees_with_official_formula(predictions_file, bundled_dir, colle
     assert 20 < ours["overall"]["exact_match"] < 60
     assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
     # without a collection the file's own lines are scored: the same here, where they are complete
-    _assert_same(score_file_details(predictions_file).as_dict(), {"overall": official["overall"], "per_task": official["per_task"],
-                                                "per_category": {"Uncategorized": official["overall"]}})
+    _assert_same(score_file_details(predictions_file).as_dict(),
+                 {"overall": official["overall"], "per_task": official["per_task"],
+                  "per_category": {"Uncategorized": official["overall"]}})
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +189,8 @@ def test_references_in_the_file_do_not_change_a_collection_score(partial_file, c
         r["Instance"]["output"] = [r["prediction"]]  # every prediction made "right" by its own line
     write_predictions(forged, lines)
     assert score_file_details(forged).as_dict()["overall"] == {"exact_match": 100.0, "rougeL": 100.0}
-    assert score_file_details(forged, collection).as_dict() == score_file_details(partial_file, collection).as_dict()
+    assert (score_file_details(forged, collection).as_dict()
+            == score_file_details(partial_file, collection).as_dict())
 
 
 def _lines(path: Path) -> list[dict]:
@@ -201,19 +203,19 @@ def test_duplicated_and_unknown_instances_are_refused(partial_file, collection, 
     write_predictions(twice, [*lines[:3], {**lines[1], "prediction": lines[1]["Instance"]["output"][0]}])
     for coll in (collection, None):
         with pytest.raises(DataError, match=r"line 4: duplicate instance id .* \(first on line 2\)"):
-            score_file_details(twice, coll).as_dict()
+            score_file_details(twice, coll)
     invented = tmp_path / "invented.jsonl"
     write_predictions(invented, [*lines[:2], {**lines[2], "Instance": {**lines[2]["Instance"], "id": "made-up-1"}}])
     with pytest.raises(DataError, match=r"line 3: unknown instance id 'made-up-1'"):
-        score_file_details(invented, collection).as_dict()
+        score_file_details(invented, collection)
     # an instance past the first N, or a task outside the evaluated ones, is not evaluated either
     with pytest.raises(DataError, match=r"unknown instance id .* not among the first 1 instances"):
-        score_file_details(partial_file, collection, max_instances=1).as_dict()
+        score_file_details(partial_file, collection, max_instances=1)
     train_task = next(t for t in collection.task_names() if t in collection.split("default").train)
     other = tmp_path / "train_task.jsonl"
     write_predictions(other, [{**lines[0], "Task": train_task}])
     with pytest.raises(DataError, match=rf"line 1: task '{train_task}' is not evaluated"):
-        score_file_details(other, collection).as_dict()
+        score_file_details(other, collection)
     assert main(["eval", "score", str(twice), "--collection", "bundled"]) == 2
 
 
@@ -269,14 +271,16 @@ def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
     path.write_text(json.dumps({"Task": "task199_mnli_clasification", "Instance": {"input": "x", "output": ["a"]},
                                 "prediction": "a"}) + "\n")
     with pytest.raises(DataError, match=r"line 1: unknown task .*did you mean 'task199_mnli_classification'"):
-        score_file_details(path, collection).as_dict()
-    assert score_file_details(path).as_dict()["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0  # no collection
+        score_file_details(path, collection)
+    no_collection = score_file_details(path).as_dict()
+    assert no_collection["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0
 
 
 def test_cli_score_json(predictions_file, collection, capsys) -> None:
     assert main(["eval", "score", str(predictions_file), "--collection", "bundled", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {k: out[k] for k in ("overall", "per_category", "per_task")} == score_file_details(predictions_file, collection).as_dict()
+    assert ({k: out[k] for k in ("overall", "per_category", "per_task")}
+            == score_file_details(predictions_file, collection).as_dict())
     assert set(out) == {"overall", "per_category", "per_task", "num_instances", "missing", "references"}
     assert set(out["overall"]) == {"exact_match", "rougeL"}
     for table in ("per_category", "per_task"):
@@ -323,7 +327,8 @@ def test_baselines(tmp_path, collection, bundled_dir, capsys) -> None:
     for r in demo_records:
         assert r["prediction"] == collection.info(r["Task"]).positive_examples[0].output
         assert r["Categories"] == list(collection.info(r["Task"]).categories)
-    copy_scores, demo_scores = score_file_details(copy, collection, max_instances=10).as_dict(), score_file_details(demo, collection).as_dict()
+    copy_scores = score_file_details(copy, collection, max_instances=10).as_dict()
+    demo_scores = score_file_details(demo, collection).as_dict()
     assert copy_scores["overall"]["exact_match"] < 5.0  # copying the input is (almost) never the answer
     assert 0 < copy_scores["overall"]["rougeL"] < 50
     # copy_demo wins exact match on classification tasks, where the demo's label is often right

@@ -61,8 +61,8 @@ def shard(order: Sequence[int], *, distributed: bool = True) -> Shard:
 
 def evaluate_sharded(model: Any, work: Shard, size: int, evaluate: Callable[[list[int]], Sequence[T]], *,
                      batch_size: int, fill: T) -> list[T]:
-    """`evaluate(batch)` (one value per index) over `work`'s indices in batches of `batch_size`, with the model
-    in eval mode; the values of every process gathered into a list of `size` (`fill` where none)."""
+    """`evaluate(batch)` (one value per index) over `work`'s indices in batches of `batch_size`, with the
+    model in eval mode; the values of every process gathered into a list of `size` (`fill` where none)."""
     was_training = getattr(model, "training", False)
     model.eval()
     local: list[tuple[int, T]] = []

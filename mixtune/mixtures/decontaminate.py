@@ -90,8 +90,8 @@ def decontaminated(plan: Any, report: DecontaminationReport) -> Any:
     `decontamination` section.
     """
     keys = "\n".join("\0".join(k) for k in sorted(report.contaminated_keys()))
-    clean = plan.without_instances(contaminated_instances(report), stream=_REDRAW, tag=f"{report.ngram}\n{keys}",
-                                   mark="d")
+    clean = plan.without_instances(contaminated_instances(report), stream=_REDRAW,
+                                   tag=f"{report.ngram}\n{keys}", mark="d")
     clean.notes["decontamination"] = {
         "ngram": report.ngram,
         "eval_tasks": report.eval_tasks,

@@ -1,4 +1,4 @@
-"""The decontamination report: per training task, how many instances overlap the evaluation, and its printing."""
+"""The decontamination report: per training task, the instances that overlap the evaluation; printing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The evaluation side of decontamination: the (task, instance id, input) of every instance an evaluation reads."""
+"""The evaluation side of decontamination: (task, instance id, input) of every instance evaluated."""
 
 from __future__ import annotations
 

@@ -127,12 +127,12 @@ class MixturePlan:
                           mark: str) -> MixturePlan:
         """A copy of the plan whose examples never show these instances ((source, task) -> rows).
 
-        The copy keeps the size where it can: each example that drew a listed instance is re-drawn (seeded by
-        the plan's seed, `stream` and the task) from the clean instances of its task's pool, so every task keeps
-        its count and every other example keeps its position and content. Only a task with no clean instance
-        left loses its examples (the other examples keep their position numbers). `redrawn` and `dropped` count
-        the changed examples; the hash becomes `{hash}-{mark}{digest of hash and tag}` (`tag` names what was
-        left out), so the built dataset differs from the full one.
+        The copy keeps the size where it can: each example that drew a listed instance is re-drawn (seeded
+        by the plan's seed, `stream` and the task) from the clean instances of its task's pool, so every task
+        keeps its count and every other example its position and content. Only a task with no clean
+        instance left loses its examples (the others keep their position numbers). `redrawn` and `dropped`
+        count the changed examples; the hash becomes `{hash}-{mark}{digest of hash and tag}` (`tag` names
+        what was left out), so the built dataset differs from the full one.
         """
         rows = self.index.rows.copy()
         keep = np.ones(len(self.index), dtype=bool) if self.keep is None else self.keep.copy()
@@ -223,7 +223,8 @@ class MixturePlan:
                     read_batches: int = 1) -> Iterator[pa.Table]:
         """Like `iter_batches`, as Arrow tables with EXAMPLE_SCHEMA. The instances of `read_batches` batches
         are read at once (one `take` per task: fewer, larger reads; an instance is a fraction of its example).
-        `start` and `stop` are positions of the sample index; positions a derived plan left out are skipped."""
+        `start` and `stop` are positions of the sample index; positions a derived plan left out are
+        skipped."""
         n = len(self.index)
         stop = n if stop is None else min(stop, n)
         if start < 0 or start > n:

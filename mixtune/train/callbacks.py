@@ -1,4 +1,4 @@
-"""Trainer callbacks: completing checkpoints (stream state + marker), metric lines of the run log, NaN policy."""
+"""Trainer callbacks: completing checkpoints (stream state + marker), metric lines of train.log, NaN policy."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class CheckpointStateCallback(TrainerCallback):
 
 
 class TextLogCallback(TrainerCallback):
-    """Write every log record (loss, learning rate, ...) as one line of the run log (`mixtune.train.run_log`)."""
+    """Write every log record (loss, learning rate, ...) as a line of train.log (`mixtune.train.run_log`)."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:

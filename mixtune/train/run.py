@@ -142,7 +142,8 @@ def setup(recipe: Recipe, output_dir: Path) -> RunSetup | None:
     max_steps = total_steps(recipe.training, len(plan), g_batch)
     args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
     if args.world_size != world:  # the launcher's environment and the process group must agree
-        raise RuntimeError(f"the launch environment says {world} process(es), the process group {args.world_size}")
+        raise RuntimeError(f"the launch environment says {world} process(es), the process group "
+                           f"{args.world_size}")
     if args.deepspeed and world > 1:
         _init_deepspeed_comm()
 
@@ -164,10 +165,11 @@ def setup(recipe: Recipe, output_dir: Path) -> RunSetup | None:
 
 
 def announce(recipe: Recipe, run: RunSetup) -> None:
-    """The run header (train.log and the console), the resume decision and schedule warnings (main process)."""
+    """The run header (train.log and the console), the resume decision, schedule warnings (main process)."""
     from mixtune.secrets import redact_text
 
-    header = run_header(recipe, run.plan, world=run.world, global_batch=run.global_batch, max_steps=run.max_steps)
+    header = run_header(recipe, run.plan, world=run.world, global_batch=run.global_batch,
+                        max_steps=run.max_steps)
     note(header)
     print(redact_text(header), file=sys.stderr, flush=True)  # on the console too, whatever the logging set-up
     note(("resuming from " + str(run.resume_from) + f" at step {run.start_step}, stream position "
@@ -387,8 +389,8 @@ def _start_over(output_dir: Path) -> None:
                        if (output_dir / FINAL).exists() else "")
 
 
-def _callbacks(recipe: Recipe, plan: Any, *, start_step: int, start_position: int, global_batch: int, world: int,
-               stop_position: int, schedule: dict[str, Any]) -> list[Any]:
+def _callbacks(recipe: Recipe, plan: Any, *, start_step: int, start_position: int, global_batch: int,
+               world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
     from mixtune.train.nan_guard import NanGuardCallback
     from mixtune.train.task_losses import TaskLossCallback
 
