@@ -2,7 +2,8 @@
 
 Definitions follow the SuperNI / Tk-Instruct evaluation (Wang et al., 2022):
 
-- `normalize_answer`: lower-case, ASCII punctuation removed, whitespace collapsed; articles are KEPT.
+- `normalize_answer` (`mixtune.text`): lower-case, ASCII punctuation removed, whitespace collapsed; articles are
+  KEPT.
 - exact match: 1 when the normalised prediction equals a normalised reference, else 0.
 - ROUGE-L: the F-measure of rouge-score's `RougeScorer(['rougeL'], use_stemmer=True)` (Porter stemmer).
 - each metric is the maximum over an instance's references, averaged over instances, scaled to 0-100 and
