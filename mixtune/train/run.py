@@ -13,8 +13,9 @@ Features and the recipe keys that control them:
 - logging (`logging:`): wandb (offline by default; `mixtune.train.wandb_run`), `output_dir/train.log`
   (`mixtune.train.run_log`), progress bar; the training
   loss per task, category and source at every logging step in `output_dir/losses.jsonl`;
-- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`),
-  `output_dir/training_report.md` (`mixtune.train.report`).
+- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`;
+  `mixtune.train.final`), `output_dir/training_report.md` (`mixtune.train.report`); where a run resumes:
+  `mixtune.train.resume`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixtune.distributed import barrier
 from mixtune.errors import ConfigError
 from mixtune.recipe import Recipe, recipe_dict
 from mixtune.train import checkpoint as ckpt
@@ -42,15 +41,14 @@ from mixtune.train.callbacks import (
 )
 from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
 from mixtune.train.deepspeed import zero_stage
+from mixtune.train.final import FINAL, finished_run, save_final
 from mixtune.train.output_dir import check_output_dir, hold
+from mixtune.train.resume import resume_point, schedule_change, schedule_of, start_over
 from mixtune.train.run_log import note, run_log
 from mixtune.train.steps import total_steps
 from mixtune.train.wandb_run import wandb_run
 
 logger = logging.getLogger(__name__)
-
-FINAL = "final"
-RUN_FILE = "mixtune_run.json"
 
 
 def plan_for(recipe: Recipe) -> Any:
@@ -158,7 +156,7 @@ def setup(recipe: Recipe, output_dir: Path) -> RunSetup | None:
     if run.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if recipe.resume == "never":
-            _start_over(output_dir)
+            start_over(output_dir)
         else:
             ckpt.remove_incomplete(output_dir)
     return run
@@ -282,113 +280,6 @@ def _uses_deepspeed(args: Any) -> bool:
     return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
-def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, saved: int, *, world: int, deepspeed: bool) -> None:
-    """Refuse to resume a DeepSpeed checkpoint (saved by `saved` processes) without DeepSpeed or on another count.
-
-    Its optimizer state is partitioned per process (`global_step*/`, no `optimizer.pt`): without
-    DeepSpeed the Trainer would silently start a fresh optimizer, and DeepSpeed itself refuses another
-    data-parallel size deep in its loader.
-    """
-    if not any(p.is_dir() for p in checkpoint.glob("global_step*")):
-        return
-    if deepspeed and saved == world:
-        return
-    now = f"{world} process(es)" + ("" if deepspeed else " without DeepSpeed")
-    raise ConfigError(
-        f"{checkpoint} holds DeepSpeed ZeRO state saved by {saved} process(es); this launch has {now}",
-        path=recipe.source, field="resume",
-        hint=f"relaunch with DeepSpeed on {saved} processes to resume exactly, or start a new run from its "
-             f"weights: model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
-
-
-def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int, *, world: int,
-                 deepspeed: bool) -> tuple[Path | None, ckpt.StreamState | None]:
-    """(checkpoint or None, its stream state) for the recipe's `resume:`; checks the mixture, the step
-    and that a DeepSpeed checkpoint fits this launch (`check_deepspeed_resume`).
-
-    A checkpoint at exactly `max_steps` is resumed too: its run was stopped while `final/` was written
-    (`finished_run` catches the runs whose `final/` is there), and the Trainer runs no step from it.
-    """
-    resume_from = ckpt.resolve_resume(recipe.resume, recipe.output_dir, recipe_path=recipe.source)
-    if resume_from is None:
-        return None, None
-    state = ckpt.read_state(resume_from)
-    if state.mixture_hash != mixture_hash:
-        raise ConfigError(
-            f"the mixture changed since {resume_from} was saved (hash {state.mixture_hash} -> {mixture_hash})",
-            path=recipe.source, field="data.mixture",
-            hint="restore the mixture, or start fresh with resume=never or another output_dir")
-    if state.global_step > max_steps:
-        raise ConfigError(f"{resume_from} is already at step {state.global_step}, past this run's {max_steps} steps",
-                          path=recipe.source, field="training.max_steps",
-                          hint=f"restore training.max_steps / epochs, or train its weights further in a new run "
-                               f"with its own LR schedule: model.name_or_path={resume_from} resume=never "
-                               "output_dir=<new folder>")
-    check_deepspeed_resume(recipe, resume_from, state.world_size, world=world, deepspeed=deepspeed)
-    return resume_from, state
-
-
-def schedule_of(recipe: Recipe, max_steps: int) -> dict[str, Any]:
-    """The settings that shape the learning-rate schedule (recorded in every checkpoint)."""
-    t = recipe.training
-    return {"max_steps": max_steps, "epochs": t.epochs if t.max_steps is None else None,
-            "lr_scheduler": t.lr_scheduler, "learning_rate": t.learning_rate,
-            "warmup_steps": t.warmup_steps, "warmup_ratio": t.warmup_ratio}
-
-
-def schedule_change(state: ckpt.StreamState, schedule: dict[str, Any], checkpoint: Path | None) -> str | None:
-    """A warning naming the old and new LR schedule when they differ, else None."""
-    old = state.schedule
-    if not old or old == schedule:
-        return None
-
-    def show(s: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={s.get(k)}" for k in schedule if s.get(k) is not None)
-
-    diff = ", ".join(f"{k} {old.get(k)} -> {schedule[k]}" for k in schedule if old.get(k) != schedule[k])
-    return (f"the learning-rate schedule changed since {checkpoint} was saved ({diff}). Saved schedule: "
-            f"{show(old)}; this run: {show(schedule)}. Resuming continues at step {state.global_step} of the NEW "
-            f"schedule, so the learning rate jumps to the new curve's value there. To keep the old schedule, "
-            f"restore those settings; to train the weights further with a fresh schedule, start a new run: "
-            f"model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
-
-
-def finished_run(recipe: Recipe, mixture_hash: str, max_steps: int) -> str | None:
-    """With `resume: auto`: when output_dir already holds this run's `final/` (same mixture, at least
-    `max_steps` steps), a message saying where its model and held-out report are; else None."""
-    from mixtune.limits import json_loads
-
-    if recipe.resume != "auto":
-        return None
-    output_dir = Path(recipe.output_dir)
-    try:
-        info = json_loads((output_dir / FINAL / RUN_FILE).read_text(encoding="utf-8"))
-        steps, mixture = int(info["global_steps"]), info["mixture_hash"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    if mixture != mixture_hash or steps < max_steps:
-        return None
-    text = f"{output_dir} already holds this finished run ({steps} steps): final model {output_dir / FINAL}"
-    history = (info.get("heldout_eval") or {}).get("history") or []
-    if history:
-        report = output_dir / "heldout_eval" / f"step-{history[-1]['step']}" / "report.md"
-        if report.is_file():
-            text += f", held-out report {report}"
-    return text + (". Nothing to do; to train again from scratch use resume=never (its checkpoints are "
-                   "deleted and final/ is replaced) or another output_dir")
-
-
-def _start_over(output_dir: Path) -> None:
-    """`resume: never`: delete an earlier run's checkpoints (a later `resume: auto` must not pick them)."""
-    old = ckpt.list_checkpoints(output_dir)
-    for folder in old:
-        ckpt.delete_checkpoint(folder)
-    if old or (output_dir / FINAL).exists():
-        logger.warning("resume=never: starting over in %s; deleted %d checkpoint(s) of the earlier run%s",
-                       output_dir, len(old), f", its {FINAL}/ is replaced when this run ends"
-                       if (output_dir / FINAL).exists() else "")
-
-
 def _callbacks(recipe: Recipe, plan: Any, *, start_step: int, start_position: int, global_batch: int,
                world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
     from mixtune.train.nan_guard import NanGuardCallback
@@ -457,46 +348,3 @@ def _init_deepspeed_comm() -> None:
 
     backend = dist.get_backend() if dist.is_initialized() else None
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-
-
-def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, Any]) -> Path:
-    """Write output_dir/final atomically: weights (ZeRO-3 shards gathered), tokenizer, mixtune_run.json.
-
-    Every process takes part (gathering ZeRO-3 shards is collective); the main process fills a
-    temporary folder and renames it into place, so `final/` is either complete or absent.
-    """
-    from mixtune.io import atomic_write_json, safetensors_write_errors
-    from mixtune.secrets import redact
-
-    final = output_dir / FINAL
-    tmp = output_dir / f".{FINAL}.partial"
-    is_main = trainer.args.process_index == 0
-    if is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    barrier()
-    model = trainer.model
-    lora = hasattr(model, "peft_config")
-    if lora:
-        trainer.save_model(str(tmp / "adapter"))
-        info["lora"] = {"adapter": "adapter/", "merged": False}
-        if trainer.is_deepspeed_enabled:
-            info["lora"]["note"] = "ZeRO-3 training: only the adapter is saved; merge it with peft after loading"
-        elif is_main:
-            merged = model.merge_and_unload()
-            with safetensors_write_errors(tmp / "model.safetensors"):
-                merged.save_pretrained(str(tmp), safe_serialization=True)
-            info["lora"]["merged"] = True
-    else:
-        trainer.save_model(str(tmp))
-    barrier()
-    if is_main:
-        tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / RUN_FILE, redact(info), default=str)
-        old = output_dir / f".{FINAL}.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
