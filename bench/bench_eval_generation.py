@@ -22,8 +22,9 @@ MODEL = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "nu
 
 def superni_prompts(tokenizer, n: int, max_source_length: int = 256) -> list[str]:
     """`n` held-out prompts of the bundled sample, task by task, in the evaluation's order."""
-    from mixtune.eval.evalsets import build_eval_set, resolve_tasks
+    from mixtune.eval.evalsets import build_eval_set
     from mixtune.tasks.collection import open_collection
+    from mixtune.tasks.matching import resolve_tasks
 
     collection = open_collection()
     per_task = max(1, -(-n // len(resolve_tasks(collection))))

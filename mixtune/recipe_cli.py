@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,10 +188,9 @@ def _check_mixture(recipe: Any, path: Path, collection: str | None, plan: bool, 
         raise ConfigError(f"mixture: {e.render()}", path=path, field="data.mixture") from None
     t, dist = recipe.training, recipe.distributed
     per_step = t.per_device_batch_size * t.gradient_accumulation_steps * dist.nodes * dist.processes_per_node
-    if t.max_steps is not None:
-        steps = t.max_steps
-    else:
-        steps = max(1, math.ceil((t.epochs if t.epochs is not None else 1.0) * len(built) / per_step))
+    from mixtune.train.steps import total_steps
+
+    steps = total_steps(t, len(built), per_step)
     from mixtune.mixtures.report import tasks_text
 
     tasks = tasks_text(built.summary()["tasks"], spec)

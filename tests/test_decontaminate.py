@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from mixtune.cli import main
-from mixtune.mixtures.decontaminate import build_eval_index, find_overlaps, normalize
+from mixtune.mixtures.ngram_overlap import build_eval_index, find_overlaps
+from mixtune.text import normalize_answer as normalize
 
 EVAL_TASK = "task288_gigaword_summarization"
 TRAIN_TASK = "task1557_jfleg_answer_generation"  # replaced below by a train task of the split
@@ -155,7 +156,7 @@ def test_drop_builds_mixture_without_them(planted: dict, capsys: pytest.CaptureF
 def test_a_task_without_clean_instances_loses_its_examples(planted: dict) -> None:
     from dataclasses import replace
 
-    from mixtune.mixtures.decontaminate import DecontaminatedPlan, decontaminate_plan
+    from mixtune.mixtures.decontaminate import decontaminate_plan, decontaminated
     from mixtune.mixtures.plan import plan_mixture
     from mixtune.mixtures.spec import load_mixture
 
@@ -164,9 +165,9 @@ def test_a_task_without_clean_instances_loses_its_examples(planted: dict) -> Non
     task = next(t for t in plan.tasks if t.name == planted["task"])
     template = report.overlaps[0]
     report.overlaps = [replace(template, row=int(r), instance_id=f"row{r}") for r in task.pool]  # all of them
-    clean = DecontaminatedPlan(plan, report)
+    clean = decontaminated(plan, report)
     k = plan.tasks.index(task)
-    assert clean.dropped == int((plan.index.task_ids == k).sum()) > 0 and clean.replaced == 0
+    assert clean.dropped == int((plan.index.task_ids == k).sum()) > 0 and clean.redrawn == 0
     assert len(clean) == len(plan) - clean.dropped
     names = [n for batch in clean.iter_batches() for n in batch["task"]]
     assert len(names) == len(clean) and task.name not in names

@@ -113,9 +113,9 @@ def test_controls_in_metrics_and_report(tiny_llama_dir, collection, tmp_path):
     assert only["control"]["tasks"] == sorted(t for t in TASKS if t != "task288_gigaword_summarization")
     assert only["num_instances"]["overall"] == 6
     primary = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
-    from mixtune.eval.metrics import score_predictions
+    from mixtune.eval.metrics import compute_scores
 
-    same = score_predictions([r for r in primary if r["Task"] in only["control"]["tasks"]])["overall"]
+    same = compute_scores([r for r in primary if r["Task"] in only["control"]["tasks"]]).as_dict()["overall"]
     assert only["control"]["primary_on_same_tasks"] == {"num_instances": 6, **same}
     report = (tmp_path / "eval" / "report.md").read_text()
     section = report.split("## Instruction-sensitivity controls")[1]

@@ -22,7 +22,8 @@ SPEC = {"tasks": ["task199_mnli_classification", "task1390_wscfixed_coreference"
 
 WORKER = textwrap.dedent("""
     import json, sys
-    from mixtune.eval.generation import generate, process_state
+    from mixtune.eval.generation import generate
+    from mixtune.eval.sharding import process_state
     from mixtune.eval.runner import run_eval
     from mixtune.eval.spec import EvalSpec
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
@@ -80,7 +81,7 @@ def test_two_process_evaluation_equals_single_process(tiny_llama_dir, tmp_path):
 KILLED_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     from mixtune.eval import runner
-    from mixtune.eval.generation import process_state
+    from mixtune.eval.sharding import process_state
     from mixtune.eval.spec import EvalSpec
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from mixtune.eval.generation import generate, length_sorted, pad_batch, shard_for_process
+from mixtune.eval.generation import generate, pad_batch
 from mixtune.eval.rank import label_ids, rank_classify, score_candidates
+from mixtune.eval.sharding import length_sorted, shard_for_process
 from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
 LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -28,8 +29,8 @@ def tiny(config: dict, tokenizer: str | None = None):
 def prompts(bundled_dir) -> list[str]:
     """SuperNI prompts of different lengths (definition + the instance input), cut to 160 tokens."""
     from mixtune.encodings import encode_prompt, encoding_for_setting
-    from mixtune.eval.evalsets import resolve_tasks
     from mixtune.tasks.collection import open_collection
+    from mixtune.tasks.matching import resolve_tasks
 
     collection = open_collection(path=bundled_dir)
     tasks = resolve_tasks(collection)[:6]

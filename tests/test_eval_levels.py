@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mixtune.eval.metrics import score_predictions
+from mixtune.eval.metrics import compute_scores
 from mixtune.eval.runner import run_eval
 from mixtune.eval.spec import EvalSpec
 from mixtune.mixtures.plan import plan_mixture
@@ -73,7 +73,7 @@ def test_levels_membership_and_scores(trained_model, bundled_dir, tmp_path):
         assert levels[level]["tasks"] == expected[level]
         chosen = [r for r in primary if r["Task"] in expected[level]]
         assert levels[level]["num_instances"] == len(chosen) == 2 * len(expected[level])
-        overall = score_predictions(chosen)["overall"]
+        overall = compute_scores(chosen).as_dict()["overall"]
         assert (levels[level]["exact_match"], levels[level]["rougeL"]) == (overall["exact_match"], overall["rougeL"])
     unseen = [json.loads(x) for x in (out / "predictions.unseen_instance.jsonl").read_text().splitlines()]
     got: dict[str, list[str]] = {}
@@ -82,7 +82,7 @@ def test_levels_membership_and_scores(trained_model, bundled_dir, tmp_path):
     assert got == expected["unseen_instance"]
     assert levels["unseen_instance"]["tasks"] == sorted(TRAINED)
     assert levels["unseen_instance"]["num_instances"] == 3 * PER_TASK
-    assert levels["unseen_instance"]["rougeL"] == score_predictions(unseen)["overall"]["rougeL"]
+    assert levels["unseen_instance"]["rougeL"] == compute_scores(unseen).as_dict()["overall"]["rougeL"]
     report = (out / "report.md").read_text()
     assert "## Generalisation levels" in report and "| unseen_task |" in report
 

@@ -11,10 +11,11 @@ import torch
 from conftest import TINY_LLAMA
 
 from mixtune.errors import ConfigError, DataError
-from mixtune.eval.evalsets import build_eval_set, label_set, resolve_tasks
+from mixtune.eval.evalsets import build_eval_set, label_set
 from mixtune.eval.runner import PARTIAL_DIR, run_eval
 from mixtune.eval.spec import EvalSpec, load_eval_spec
 from mixtune.tasks.collection import open_collection
+from mixtune.tasks.matching import resolve_tasks
 
 TASKS = ["task199_mnli_classification", "task1390_wscfixed_coreference", "task288_gigaword_summarization"]
 
@@ -142,7 +143,7 @@ def finished_run(tiny_llama_dir, collection, tmp_path_factory):
 
 
 def test_eval_run_writes_everything(finished_run, collection):
-    from mixtune.eval.metrics import score_file
+    from mixtune.eval.metrics import score_file_details
 
     out, metrics = finished_run
     for name in ("predictions.jsonl", "predictions.zero_shot.jsonl", "metrics.json", "report.md",
@@ -163,7 +164,8 @@ def test_eval_run_writes_everything(finished_run, collection):
     assert set(saved["baselines"]) == {"copy_demo", "copy_input", "random_label"}
     assert saved["num_instances"]["overall"] == 9 and saved["settings"]["zero_shot"]["generated"] == 9
     # the metrics are the official scorer's on the written file
-    assert score_file(out / "predictions.jsonl", collection, tasks=TASKS, max_instances=3)["per_task"] == saved["per_task"]
+    rescored = score_file_details(out / "predictions.jsonl", collection, tasks=TASKS, max_instances=3)
+    assert rescored.per_task == saved["per_task"]
     # rank classification covers exactly the two label-set tasks, reported on its own
     ranked = saved["rank_classification"]["def_pos2"]
     assert ranked["tasks"] == ["task1390_wscfixed_coreference", "task199_mnli_classification"]

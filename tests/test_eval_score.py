@@ -16,7 +16,7 @@ from rouge_score import rouge_scorer
 from mixtune.cli import main
 from mixtune.errors import DataError
 from mixtune.eval.baselines import write_baseline
-from mixtune.eval.metrics import score_file, score_file_details, score_predictions
+from mixtune.eval.metrics import compute_scores, score_file_details
 from mixtune.eval.predictions import read_predictions, write_predictions
 from mixtune.eval.predictions import resolve_collection as open_collection_arg
 
@@ -133,7 +133,7 @@ def _assert_same(ours: dict, official: dict) -> None:
 
 
 def test_score_agrees_with_official_formula(predictions_file, bundled_dir, collection) -> None:
-    ours = score_file(predictions_file, collection, max_instances=MAX_PER_TASK)
+    ours = score_file_details(predictions_file, collection, max_instances=MAX_PER_TASK).as_dict()
     official = _official(predictions_file, bundled_dir)
     assert set(ours) == {"overall", "per_category", "per_task"}
     assert len(ours["per_task"]) == 12 and len(ours["per_category"]) == 12
@@ -142,8 +142,9 @@ def test_score_agrees_with_official_formula(predictions_file, bundled_dir, colle
     assert 20 < ours["overall"]["exact_match"] < 60
     assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
     # without a collection the file's own lines are scored: the same here, where they are complete
-    _assert_same(score_file(predictions_file), {"overall": official["overall"], "per_task": official["per_task"],
-                                                "per_category": {"Uncategorized": official["overall"]}})
+    _assert_same(score_file_details(predictions_file).as_dict(),
+                 {"overall": official["overall"], "per_task": official["per_task"],
+                  "per_category": {"Uncategorized": official["overall"]}})
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_partial_file_scores_as_the_official_script(partial_file, bundled_dir, c
     assert details.num_instances["overall"] == 494 and details.references == "collection"
     _assert_same(details.as_dict(), official)
     # the file's lines alone (no collection) score much higher: the semantics matter
-    assert score_file(partial_file)["overall"]["rougeL"] > official["overall"]["rougeL"] + 5
+    assert score_file_details(partial_file).as_dict()["overall"]["rougeL"] > official["overall"]["rougeL"] + 5
     assert main(["eval", "score", str(partial_file), "--collection", "bundled", "--json"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
@@ -187,8 +188,9 @@ def test_references_in_the_file_do_not_change_a_collection_score(partial_file, c
     for r in lines:
         r["Instance"]["output"] = [r["prediction"]]  # every prediction made "right" by its own line
     write_predictions(forged, lines)
-    assert score_file(forged)["overall"] == {"exact_match": 100.0, "rougeL": 100.0}
-    assert score_file(forged, collection) == score_file(partial_file, collection)
+    assert score_file_details(forged).as_dict()["overall"] == {"exact_match": 100.0, "rougeL": 100.0}
+    assert (score_file_details(forged, collection).as_dict()
+            == score_file_details(partial_file, collection).as_dict())
 
 
 def _lines(path: Path) -> list[dict]:
@@ -201,19 +203,19 @@ def test_duplicated_and_unknown_instances_are_refused(partial_file, collection, 
     write_predictions(twice, [*lines[:3], {**lines[1], "prediction": lines[1]["Instance"]["output"][0]}])
     for coll in (collection, None):
         with pytest.raises(DataError, match=r"line 4: duplicate instance id .* \(first on line 2\)"):
-            score_file(twice, coll)
+            score_file_details(twice, coll)
     invented = tmp_path / "invented.jsonl"
     write_predictions(invented, [*lines[:2], {**lines[2], "Instance": {**lines[2]["Instance"], "id": "made-up-1"}}])
     with pytest.raises(DataError, match=r"line 3: unknown instance id 'made-up-1'"):
-        score_file(invented, collection)
+        score_file_details(invented, collection)
     # an instance past the first N, or a task outside the evaluated ones, is not evaluated either
     with pytest.raises(DataError, match=r"unknown instance id .* not among the first 1 instances"):
-        score_file(partial_file, collection, max_instances=1)
+        score_file_details(partial_file, collection, max_instances=1)
     train_task = next(t for t in collection.task_names() if t in collection.split("default").train)
     other = tmp_path / "train_task.jsonl"
     write_predictions(other, [{**lines[0], "Task": train_task}])
     with pytest.raises(DataError, match=rf"line 1: task '{train_task}' is not evaluated"):
-        score_file(other, collection)
+        score_file_details(other, collection)
     assert main(["eval", "score", str(twice), "--collection", "bundled"]) == 2
 
 
@@ -236,7 +238,7 @@ def test_hand_computed_file(tmp_path) -> None:
                                    "Uncategorized": {"exact_match": 0.0, "rougeL": round(200 / 3, 4)}}
     assert scores.num_instances["per_task"] == {"t1": 2, "t2": 1}
     # categories given explicitly win over the line's field
-    explicit = score_predictions(read_predictions(path), {"t1": "Word Analogy", "t2": "Data to Text"})
+    explicit = compute_scores(read_predictions(path), {"t1": "Word Analogy", "t2": "Data to Text"}).as_dict()
     assert set(explicit["per_category"]) == {"Word Analogy", "Data to Text"}
 
 
@@ -269,14 +271,16 @@ def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
     path.write_text(json.dumps({"Task": "task199_mnli_clasification", "Instance": {"input": "x", "output": ["a"]},
                                 "prediction": "a"}) + "\n")
     with pytest.raises(DataError, match=r"line 1: unknown task .*did you mean 'task199_mnli_classification'"):
-        score_file(path, collection)
-    assert score_file(path)["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0  # no collection
+        score_file_details(path, collection)
+    no_collection = score_file_details(path).as_dict()
+    assert no_collection["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0
 
 
 def test_cli_score_json(predictions_file, collection, capsys) -> None:
     assert main(["eval", "score", str(predictions_file), "--collection", "bundled", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {k: out[k] for k in ("overall", "per_category", "per_task")} == score_file(predictions_file, collection)
+    assert ({k: out[k] for k in ("overall", "per_category", "per_task")}
+            == score_file_details(predictions_file, collection).as_dict())
     assert set(out) == {"overall", "per_category", "per_task", "num_instances", "missing", "references"}
     assert set(out["overall"]) == {"exact_match", "rougeL"}
     for table in ("per_category", "per_task"):
@@ -323,7 +327,8 @@ def test_baselines(tmp_path, collection, bundled_dir, capsys) -> None:
     for r in demo_records:
         assert r["prediction"] == collection.info(r["Task"]).positive_examples[0].output
         assert r["Categories"] == list(collection.info(r["Task"]).categories)
-    copy_scores, demo_scores = score_file(copy, collection, max_instances=10), score_file(demo, collection)
+    copy_scores = score_file_details(copy, collection, max_instances=10).as_dict()
+    demo_scores = score_file_details(demo, collection).as_dict()
     assert copy_scores["overall"]["exact_match"] < 5.0  # copying the input is (almost) never the answer
     assert 0 < copy_scores["overall"]["rougeL"] < 50
     # copy_demo wins exact match on classification tasks, where the demo's label is often right

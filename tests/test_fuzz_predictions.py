@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mixtune.errors import MixtuneError
-from mixtune.eval.metrics import score_file
+from mixtune.eval.metrics import score_file_details
 from mixtune.tasks.collection import open_collection
 
 TASKS = ["task288_gigaword_summarization", "task1557_jfleg_answer_generation", "no_such_task"]
@@ -39,7 +39,7 @@ def _score(payload: bytes, collection: object = None) -> object:
         path.write_bytes(payload)
 
         def run() -> dict:
-            scores = score_file(path, collection, workers=1)
+            scores = score_file_details(path, collection, workers=1).as_dict()
             for table in (scores["overall"], *scores["per_category"].values(), *scores["per_task"].values()):
                 for value in table.values():
                     assert 0.0 <= value <= 100.0 and not math.isnan(value)

@@ -90,10 +90,10 @@ def test_split_file_lines_that_are_paths_are_refused(sample_copy: Path, line: st
 
 @pytest.mark.parametrize("name", ["../outside", "/etc/passwd", "..", "../superni/tasks/task288_gigaword_summarization"])
 def test_task_names_that_are_paths_are_refused(sample_copy: Path, name: str) -> None:
-    from mixtune.eval.evalsets import resolve_tasks
     from mixtune.mixtures.plan import plan_mixture
     from mixtune.mixtures.spec import load_mixture
     from mixtune.tasks.collection import open_collection
+    from mixtune.tasks.matching import resolve_tasks
 
     collection = open_collection("superni", sample_copy)
     for call in (lambda: collection.info(name), lambda: collection.instances(name),

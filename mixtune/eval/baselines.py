@@ -19,8 +19,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixtune.eval.evalsets import first_instances, label_set, resolve_tasks
+from mixtune.eval.evalsets import first_instances, label_set
 from mixtune.eval.predictions import prediction_record, write_predictions
+from mixtune.tasks.matching import resolve_tasks
 
 log = logging.getLogger(__name__)
 

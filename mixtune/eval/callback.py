@@ -163,7 +163,7 @@ class HeldOutEvalCallback(TrainerCallback):
 
 def _share(obj: Any) -> Any:
     """The main process's `obj` on every process (a no-op in a single process)."""
-    from mixtune.eval.generation import process_state
+    from mixtune.eval.sharding import process_state
 
     state = process_state()
     if state.num_processes == 1:

@@ -6,48 +6,10 @@ A record is the official SuperNI prediction line without its prediction:
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
-from mixtune.config import suggest
-from mixtune.errors import DataError
-
-_SPLIT_FIX = "add splits/<name>/test_tasks.txt to the collection, or list the tasks explicitly (eval.tasks)"
-
-
-def resolve_tasks(collection: Any, split: str = "default", tasks: Sequence[str] | None = None) -> list[str]:
-    """The tasks to evaluate, in sorted order.
-
-    `tasks` (names or shell globs) picks from the collection; without it, the split's test tasks
-    present in the collection are used. An unknown name or a glob that matches nothing is a DataError.
-    """
-    names = collection.task_names()
-    where = getattr(collection, "path", None)
-    if tasks:
-        chosen: set[str] = set()
-        for pattern in tasks:
-            if any(c in pattern for c in "*?["):
-                matched = fnmatch.filter(names, pattern)
-                if not matched:
-                    raise DataError(f"task pattern {pattern!r} matches no task", path=where, field="eval.tasks",
-                                    hint="a shell glob over the collection's task names (a SuperNI folder's tasks/*.json)")
-                chosen.update(matched)
-            elif pattern in names:
-                chosen.add(pattern)
-            else:
-                raise DataError(f"unknown task {pattern!r}", path=where, field="eval.tasks",
-                                hint=suggest(pattern, names) or "check the task name")
-        return sorted(chosen)
-    found = collection.split(split)
-    if found is None:
-        raise DataError(f"the collection has no split {split!r}", path=where, field="eval.split", hint=_SPLIT_FIX)
-    present = set(names)
-    chosen_list = sorted(t for t in found.test if t in present)
-    if not chosen_list:
-        raise DataError(f"none of split {split!r}'s test tasks is in the collection", path=where,
-                        field="eval.split", hint=_SPLIT_FIX)
-    return chosen_list
+from mixtune.tasks.matching import resolve_tasks
 
 
 def first_instances(collection: Any, task: str, max_instances: int | None) -> list[dict[str, Any]]:

@@ -13,21 +13,15 @@ forward), and the (index, text) pairs are gathered once; repeats are dropped.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from mixtune.eval.sharding import evaluate_sharded, length_sorted, shard
+
 OnBatch = Callable[[list[int], list[str]], None]
-
-
-def process_state() -> Any:
-    """accelerate's PartialState; without CUDA, processes started by a launcher join over gloo on CPU."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def model_kind(model: Any) -> str:
@@ -107,21 +101,6 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], kind: str = "causal",
     return [source_ids(tokenizer, p, kind=kind, budget=budget)[0] for p in prompts]  # type: ignore[arg-type]
 
 
-def length_sorted(lengths: Sequence[int]) -> list[int]:
-    """Indices ordered by decreasing length (ties keep their order)."""
-    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-
-def shard_for_process(order: Sequence[int], rank: int, world: int) -> list[int]:
-    """This process's strided share of `order`, padded with its last entry to ceil(n / world) items."""
-    share = list(order[rank::world])
-    size = math.ceil(len(order) / world) if order else 0
-    filler = share[-1] if share else (order[-1] if order else None)
-    while len(share) < size and filler is not None:
-        share.append(filler)
-    return share
-
-
 class _TokenTicker:
     """A generate() streamer that shows the batch's decoding step on the progress bar, so a slow batch
     (many prompts, long answers, a busy CPU) still shows progress every step."""
@@ -167,42 +146,23 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, batch_size: 
                                                            max_source_length), strict=True))
     order = [todo[j] for j in length_sorted([len(token_ids[i]) for i in todo])]
 
-    rank, world, is_main = 0, 1, True
-    if distributed:
-        state = process_state()
-        rank, world, is_main = state.process_index, state.num_processes, state.is_local_main_process
-    share = shard_for_process(order, rank, world) if world > 1 else order
-    synced = world > 1 and _zero3_enabled()
+    work = shard(order, distributed=distributed)
+    synced = work.world > 1 and _zero3_enabled()
 
-    was_training = getattr(model, "training", False)
-    model.eval()
-    local: list[tuple[int, str]] = []
-    try:
-        with tqdm(total=len(share), unit="ex", desc=desc, disable=not (progress and is_main),
-                  dynamic_ncols=True) as bar:
-            for start in range(0, len(share), batch_size):
-                batch = share[start:start + batch_size]
-                ids, mask = pad_batch([token_ids[i] for i in batch], pad_id, left=kind == "causal")
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     generation_config=config, synced_gpus=synced,
-                                     streamer=_TokenTicker(bar, max_new_tokens) if not bar.disable else None)
-                # causal: only the new tokens; seq2seq: all but the decoder start (which may be EOS)
-                new = out[:, ids.shape[1]:] if kind == "causal" else out[:, 1:]
-                texts = [tokenizer.decode(_cut_at_eos(row.tolist(), eos_ids), skip_special_tokens=True).strip()
-                         for row in new]
-                local.extend(zip(batch, texts, strict=True))
-                if on_batch is not None:
-                    on_batch(list(batch), texts)
-                bar.update(len(batch))
-    finally:
-        if was_training:
-            model.train()
+    with tqdm(total=len(work.indices), unit="ex", desc=desc, disable=not (progress and work.is_main),
+              dynamic_ncols=True) as bar:
+        def run_batch(batch: list[int]) -> list[str]:
+            ids, mask = pad_batch([token_ids[i] for i in batch], pad_id, left=kind == "causal")
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=config, synced_gpus=synced,
+                                 streamer=_TokenTicker(bar, max_new_tokens) if not bar.disable else None)
+            # causal: only the new tokens; seq2seq: all but the decoder start (which may be EOS)
+            new = out[:, ids.shape[1]:] if kind == "causal" else out[:, 1:]
+            texts = [tokenizer.decode(_cut_at_eos(row.tolist(), eos_ids), skip_special_tokens=True).strip()
+                     for row in new]
+            if on_batch is not None:
+                on_batch(list(batch), texts)
+            bar.update(len(batch))
+            return texts
 
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        local = gather_object(local)
-    results = [""] * len(prompts)
-    for index, text in local:  # repeats from padded shares carry identical texts
-        results[index] = text
-    return results
+        return evaluate_sharded(model, work, len(prompts), run_batch, batch_size=batch_size, fill="")

@@ -2,33 +2,31 @@
 
 Definitions follow the SuperNI / Tk-Instruct evaluation (Wang et al., 2022):
 
-- `normalize_answer`: lower-case, ASCII punctuation removed, whitespace collapsed; articles are KEPT.
+- `normalize_answer` (`mixtune.text`): lower-case, ASCII punctuation removed, whitespace collapsed; articles are
+  KEPT.
 - exact match: 1 when the normalised prediction equals a normalised reference, else 0.
 - ROUGE-L: the F-measure of rouge-score's `RougeScorer(['rougeL'], use_stemmer=True)` (Porter stemmer).
 - each metric is the maximum over an instance's references, averaged over instances, scaled to 0-100 and
   rounded to 4 decimals; reported overall, per task and per category (a task's first `Categories` entry).
 
-The default ROUGE tokenizer keeps only ``[a-z0-9]`` tokens, so non-English outputs score 0; the official
-script switches to GPT-2's tokenizer for its cross-lingual track. `rouge_tokenizer="multilingual"` is the
-offline replacement used here: Unicode words (letters, digits, combining marks), with each character of the
-scripts written without spaces (Han, kana, Thai, Lao, Khmer, Myanmar) a token of its own, no stemming.
+The ROUGE tokenizers (rouge-score's default, or "multilingual") are in `mixtune.eval.rouge_tokenizers`, the
+normalisation in `mixtune.text`, the process pool in `mixtune.eval.scoring_pool`.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixtune.eval.rouge_tokenizers import ROUGE_TOKENIZERS, rouge_scorer
+from mixtune.eval.scoring_pool import score_in_chunks
+from mixtune.text import normalize_answer
+
 METRICS = ("exact_match", "rougeL")
 UNCATEGORIZED = "Uncategorized"  # as mixtune.tasks.schema (not imported: it pulls in the collection readers)
-ROUGE_TOKENIZERS = ("default", "multilingual")
 DECIMALS = 4
 
 # The 12 evaluation categories of the SuperNI test split and the metric the Tk-Instruct paper reports for
@@ -70,14 +68,6 @@ def primary_metric(category: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- per instance
 
-_DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower-case, remove ASCII punctuation, collapse whitespace. Articles are kept (as SuperNI does)."""
-    return " ".join(text.lower().translate(_DROP_PUNCTUATION).split())
-
-
 def _as_references(references: str | Sequence[str]) -> Sequence[str]:
     refs = [references] if isinstance(references, str) else references
     if len(refs) == 0:
@@ -97,72 +87,6 @@ def rouge_l(prediction: str, references: str | Sequence[str], *, tokenizer: str 
     return float(max(scorer.score(ref, prediction)["rougeL"].fmeasure for ref in _as_references(references)))
 
 
-# ------------------------------------------------------------------------------------------------ tokenizers
-
-
-class _CachedStemmer:
-    """nltk's Porter stemmer (the one rouge-score uses) with a memo: stemming dominates scoring time."""
-
-    def __init__(self) -> None:
-        from nltk.stem import porter
-
-        self.stem = functools.lru_cache(maxsize=1 << 17)(porter.PorterStemmer().stem)
-
-
-class _DefaultTokenizer:
-    """rouge-score's own tokenize() with its Porter stemmer, memoised per text (identical tokens)."""
-
-    name = "default"
-
-    def __init__(self) -> None:
-        from rouge_score import tokenize
-
-        self._tokenize = tokenize.tokenize
-        self._stemmer = _CachedStemmer()
-        self.tokenize = functools.lru_cache(maxsize=1 << 14)(self._uncached)
-
-    def _uncached(self, text: str) -> tuple[str, ...]:
-        return tuple(self._tokenize(text, self._stemmer))
-
-
-# Scripts written without spaces between words: every character is a token.
-_CHAR_SCRIPTS = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
-
-
-class _MultilingualTokenizer:
-    """Offline tokenizer for any language: Unicode words, one token per Han/kana/Thai/... character."""
-
-    name = "multilingual"
-
-    def __init__(self) -> None:
-        import regex
-
-        self._pattern = regex.compile(
-            rf"[{_CHAR_SCRIPTS}]|(?:(?![{_CHAR_SCRIPTS}])[\p{{L}}\p{{N}}\p{{M}}])+"
-        )
-        self.tokenize = functools.lru_cache(maxsize=1 << 14)(self._uncached)
-
-    def _uncached(self, text: str) -> tuple[str, ...]:
-        return tuple(self._pattern.findall(text.lower()))
-
-
-@functools.cache
-def rouge_scorer(tokenizer: str = "default"):
-    """One shared `rouge_score.rouge_scorer.RougeScorer(['rougeL'])` per tokenizer name (default | multilingual).
-
-    "default" is exactly `RougeScorer(['rougeL'], use_stemmer=True)` (same tokens, memoised stemming).
-    """
-    from rouge_score import rouge_scorer as rs
-
-    if tokenizer == "default":
-        impl: Any = _DefaultTokenizer()
-    elif tokenizer == "multilingual":
-        impl = _MultilingualTokenizer()
-    else:
-        raise ValueError(f"unknown ROUGE tokenizer {tokenizer!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
-    return rs.RougeScorer(["rougeL"], tokenizer=impl)
-
-
 def score_instances(
     predictions: Sequence[str],
     references: Sequence[Sequence[str]],
@@ -172,35 +96,16 @@ def score_instances(
 ) -> tuple[list[float], list[float]]:
     """Per-instance exact match (0/1) and ROUGE-L F (0-1), each the maximum over the references.
 
-    `workers`: processes to score with (default 1). Scoring runs at ~10,000 instances/s in one process, so
-    extra processes only pay off for very large files on an idle multi-core machine (bench/bench_eval.py).
+    `workers`: processes to score with (default 1; `mixtune.eval.scoring_pool`). Scoring runs at ~10,000
+    instances/s in one process, so extra processes only pay off for very large files on an idle multi-core
+    machine (bench/bench_eval.py).
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if rouge_tokenizer not in ROUGE_TOKENIZERS:
         raise ValueError(f"unknown ROUGE tokenizer {rouge_tokenizer!r}; choose one of {', '.join(ROUGE_TOKENIZERS)}")
-    n = len(predictions)
-    workers = max(1, min(workers or 1, n // 1000 or 1))
-    if workers == 1:
-        return _score_chunk((list(predictions), [list(r) for r in references], rouge_tokenizer))
-    size = math.ceil(n / workers)
-    chunks = [
-        (list(predictions[i:i + size]), [list(r) for r in references[i:i + size]], rouge_tokenizer)
-        for i in range(0, n, size)
-    ]
-    em: list[float] = []
-    rl: list[float] = []
-    import multiprocessing
-
-    # fork: workers inherit the loaded rouge-score/nltk (importing nltk alone takes seconds) and need no
-    # `if __name__ == "__main__"` guard in the caller's script; spawn where fork does not exist.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    rouge_scorer(rouge_tokenizer)  # load before forking
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
-        for part_em, part_rl in pool.map(_score_chunk, chunks):
-            em.extend(part_em)
-            rl.extend(part_rl)
-    return em, rl
+    return score_in_chunks(_score_chunk, predictions, references, rouge_tokenizer, workers=workers,
+                           prepare=lambda: rouge_scorer(rouge_tokenizer))
 
 
 def _score_chunk(args: tuple[list[str], list[list[str]], str]) -> tuple[list[float], list[float]]:
@@ -323,17 +228,6 @@ def compute_scores(
     )
 
 
-def score_predictions(
-    records: Iterable[Mapping[str, Any]],
-    categories: Mapping[str, str] | None = None,
-    *,
-    rouge_tokenizer: str = "default",
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """{"overall": {"exact_match", "rougeL"}, "per_category": {...}, "per_task": {...}} (0-100, 4 decimals)."""
-    return compute_scores(records, categories, rouge_tokenizer=rouge_tokenizer, workers=workers).as_dict()
-
-
 def score_file_details(
     path: str | Path,
     collection: Any = None,
@@ -372,18 +266,3 @@ def score_file_details(
     scores = compute_scores(records, categories, rouge_tokenizer=rouge_tokenizer, workers=workers)
     scores.references, scores.missing = "collection", missing
     return scores
-
-
-def score_file(
-    path: str | Path,
-    collection: Any = None,
-    *,
-    rouge_tokenizer: str = "default",
-    workers: int | None = None,
-    split: str = "default",
-    tasks: Sequence[str] | None = None,
-    max_instances: int | None = 100,
-) -> dict[str, Any]:
-    """`score_predictions` of a predictions JSONL file (see `score_file_details`)."""
-    return score_file_details(path, collection, rouge_tokenizer=rouge_tokenizer, workers=workers, split=split,
-                              tasks=tasks, max_instances=max_instances).as_dict()

@@ -13,16 +13,8 @@ from typing import Any
 
 import torch
 
-from mixtune.eval.generation import (
-    encode_prompts,
-    length_sorted,
-    model_device,
-    model_kind,
-    pad_batch,
-    process_state,
-    shard_for_process,
-    special_ids,
-)
+from mixtune.eval.generation import encode_prompts, model_device, model_kind, pad_batch, special_ids
+from mixtune.eval.sharding import evaluate_sharded, length_sorted, shard
 
 
 def label_ids(tokenizer: Any, label: str, eos_ids: Sequence[int]) -> list[int]:
@@ -44,47 +36,27 @@ def score_candidates(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]
     labels = [label_ids(tokenizer, lab, eos_ids) for _, lab in pairs]
     order = length_sorted([len(p) + len(t) for p, t in zip(prompts, labels, strict=True)])
 
-    rank, world = 0, 1
-    if distributed:
-        state = process_state()
-        rank, world = state.process_index, state.num_processes
-    share = shard_for_process(order, rank, world) if world > 1 else order
+    def run_batch(batch: list[int]) -> list[float]:
+        if kind == "causal":
+            seqs = [prompts[i] + labels[i] for i in batch]
+            ids, mask = pad_batch(seqs, pad_id, left=False)
+            target = torch.full_like(ids, -100)
+            for row, i in enumerate(batch):
+                end = len(seqs[row])
+                target[row, end - len(labels[i]):end] = ids[row, end - len(labels[i]):end]
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logits, target = logits[:, :-1], target[:, 1:].to(device)
+        else:
+            ids, mask = pad_batch([prompts[i] for i in batch], pad_id, left=False)
+            lab, lab_mask = pad_batch([labels[i] for i in batch], pad_id, left=False)
+            target = lab.masked_fill(lab_mask == 0, -100).to(device)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=target).logits.float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * (target != -100)).sum(-1).tolist()
 
-    was_training = getattr(model, "training", False)
-    model.eval()
-    local: list[tuple[int, float]] = []
-    try:
-        for start in range(0, len(share), batch_size):
-            batch = share[start:start + batch_size]
-            if kind == "causal":
-                seqs = [prompts[i] + labels[i] for i in batch]
-                ids, mask = pad_batch(seqs, pad_id, left=False)
-                target = torch.full_like(ids, -100)
-                for row, i in enumerate(batch):
-                    end = len(seqs[row])
-                    target[row, end - len(labels[i]):end] = ids[row, end - len(labels[i]):end]
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-                logits, target = logits[:, :-1], target[:, 1:].to(device)
-            else:
-                ids, mask = pad_batch([prompts[i] for i in batch], pad_id, left=False)
-                lab, lab_mask = pad_batch([labels[i] for i in batch], pad_id, left=False)
-                target = lab.masked_fill(lab_mask == 0, -100).to(device)
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=target).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums = (picked * (target != -100)).sum(-1)
-            local.extend(zip(batch, sums.tolist(), strict=True))
-    finally:
-        if was_training:
-            model.train()
-    if world > 1:
-        from accelerate.utils import gather_object
-
-        local = gather_object(local)
-    scores = [0.0] * len(pairs)
-    for index, value in local:
-        scores[index] = value
-    return scores
+    return evaluate_sharded(model, shard(order, distributed=distributed), len(pairs), run_batch,
+                            batch_size=batch_size, fill=0.0)
 
 
 def rank_classify(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]],

@@ -182,9 +182,10 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     same error (`mixtune.eval.collective`). The main process returns the metrics, the others {}.
     """
     from mixtune.eval.collective import on_every_rank, on_main
-    from mixtune.eval.evalsets import chance_exact_match, resolve_tasks
-    from mixtune.eval.generation import process_state
+    from mixtune.eval.evalsets import chance_exact_match
     from mixtune.eval.predictions import task_categories
+    from mixtune.eval.sharding import process_state
+    from mixtune.tasks.matching import resolve_tasks
 
     state = process_state()
     out_dir = Path(out_dir)
@@ -449,7 +450,7 @@ def run_eval_command(model_dir: str | Path, out: str | Path, *, eval_file: str |
     if not model_dir.exists():
         raise ConfigError("model folder not found", path=model_dir,
                           hint="give a folder written by save_pretrained (e.g. a training output_dir)")
-    from mixtune.eval.evalsets import resolve_tasks
+    from mixtune.tasks.matching import resolve_tasks
 
     collection = _open_collection(spec)
     resolve_tasks(collection, spec.split, spec.tasks)  # a misspelt task or split fails before the model loads

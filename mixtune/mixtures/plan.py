@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ class MixturePlan:
     """A resolved mixture: its tasks and rates, and the position -> example index.
 
     `len(plan)` is the number of examples; `plan.example(p)` and `plan.iter_examples(start)` give the
-    formatted example at any position without touching earlier ones.
+    formatted example at any position without touching earlier ones. `plan.without_instances(...)` derives
+    a plan that leaves some instances out (e.g. decontamination).
     """
 
     def __init__(self, spec: MixtureSpec, tasks: list[PlanTask], index: SampleIndex,
@@ -100,9 +102,15 @@ class MixturePlan:
         self._prefix_cache: dict[int, str] = {}
         self._task_arrays: tuple[pa.Array, pa.Array, pa.Array, np.ndarray] | None = None
         self.stages: list[Stage] = []  # a staged mixture's stages, in position order
+        #: positions of the index the plan yields (None: all); set by `without_instances`
+        self.keep: np.ndarray | None = None
+        self.redrawn = 0  # examples `without_instances` re-drew from clean instances of their task
+        self.dropped = 0  # examples `without_instances` dropped (their task had no clean instance left)
+        #: extra sections of `summary()` (e.g. "decontamination"), set by whoever derived the plan
+        self.notes: dict[str, Any] = {}
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) if self.keep is None else int(self.keep.sum())
 
     def __repr__(self) -> str:
         return f"MixturePlan(name={self.spec.name!r}, tasks={len(self.tasks)}, examples={len(self)}, hash={self.hash})"
@@ -115,9 +123,50 @@ class MixturePlan:
         """Number of examples each task actually gets in the index."""
         return self.index.counts(len(self.tasks))
 
+    def without_instances(self, instances: Mapping[tuple[str, str], Iterable[int]], *, stream: int, tag: str,
+                          mark: str) -> MixturePlan:
+        """A copy of the plan whose examples never show these instances ((source, task) -> rows).
+
+        The copy keeps the size where it can: each example that drew a listed instance is re-drawn (seeded
+        by the plan's seed, `stream` and the task) from the clean instances of its task's pool, so every task
+        keeps its count and every other example its position and content. Only a task with no clean
+        instance left loses its examples (the others keep their position numbers). `redrawn` and `dropped`
+        count the changed examples; the hash becomes `{hash}-{mark}{digest of hash and tag}` (`tag` names
+        what was left out), so the built dataset differs from the full one.
+        """
+        rows = self.index.rows.copy()
+        keep = np.ones(len(self.index), dtype=bool) if self.keep is None else self.keep.copy()
+        redrawn = 0
+        for k, task in enumerate(self.tasks):
+            bad = np.asarray(sorted(set(instances.get((task.source, task.name), ()))), dtype=np.int64)
+            if not len(bad):
+                continue
+            positions = np.flatnonzero((self.index.task_ids == k) & np.isin(self.index.rows, bad))
+            if not len(positions):
+                continue
+            clean = task.pool[~np.isin(task.pool, bad)]
+            if not len(clean):
+                keep[positions] = False
+                continue
+            rng = np.random.default_rng([self.seed % 2**64, stream, stable_key(f"{task.source}/{task.name}")])
+            rows[positions] = clean[rng.permutation(len(clean))[np.arange(len(positions)) % len(clean)]]
+            redrawn += len(positions)
+        derived = copy.copy(self)
+        derived.index = SampleIndex(task_ids=self.index.task_ids, rows=rows)
+        derived.keep = keep
+        derived.redrawn = self.redrawn + redrawn
+        derived.dropped = int((~keep).sum())
+        derived.notes = dict(self.notes)
+        digest = hashlib.blake2b(f"{self.hash}\n{tag}".encode(), digest_size=8).hexdigest()
+        derived.hash = f"{self.hash}-{mark}{digest}"
+        return derived
+
     def summary(self) -> dict[str, Any]:
-        """The `mixture show --json` form: per task, category and source; rates sum to 1."""
-        n = len(self)
+        """The `mixture show --json` form: per task, category and source; rates sum to 1.
+
+        Expected and realised examples are those of the sample index; `total_examples` is `len(plan)` (less
+        when `without_instances` dropped examples)."""
+        n = len(self.index)
         counts = self.realised_counts().tolist()
         tasks = [{"name": t.name, "source": t.source, "category": t.category, "num_instances": t.num_instances,
                   "cap": t.cap, "pool_size": len(t.pool), "rate": t.rate, "expected_examples": t.rate * n,
@@ -127,7 +176,7 @@ class MixturePlan:
             "name": self.spec.name,
             "hash": self.hash,
             "seed": self.seed,
-            "total_examples": n,
+            "total_examples": len(self),
             "num_tasks": len(tasks),
             "tasks": tasks,
             "categories": _totals(tasks, "category"),
@@ -136,6 +185,7 @@ class MixturePlan:
                          "in_mixture": in_mixture},
             **({"stages": [self._stage_summary(st) for st in self.stages]} if self.stages else {}),
             **({"mixing": _online_summary(self)} if self.spec.mixing.strategy == "online" else {}),
+            **self.notes,
         }
 
     def _stage_summary(self, stage: Stage) -> dict[str, Any]:
@@ -148,8 +198,8 @@ class MixturePlan:
 
     def example(self, position: int, *, tokenizer: Any = None, max_source_length: int | None = None) -> dict:
         """The formatted example at `position`."""
-        if not 0 <= position < len(self):
-            raise IndexError(f"position {position} is outside the mixture (0..{len(self) - 1})")
+        if not 0 <= position < len(self.index):
+            raise IndexError(f"position {position} is outside the mixture (0..{len(self.index) - 1})")
         return next(self.iter_examples(position, position + 1, tokenizer=tokenizer,
                                        max_source_length=max_source_length))
 
@@ -173,8 +223,10 @@ class MixturePlan:
                     max_source_length: int | None = None, batch_size: int = 1024,
                     read_batches: int = 1) -> Iterator[pa.Table]:
         """Like `iter_batches`, as Arrow tables with EXAMPLE_SCHEMA. The instances of `read_batches` batches
-        are read at once (one `take` per task: fewer, larger reads; an instance is a fraction of its example)."""
-        n = len(self)
+        are read at once (one `take` per task: fewer, larger reads; an instance is a fraction of its example).
+        `start` and `stop` are positions of the sample index; positions a derived plan left out are
+        skipped."""
+        n = len(self.index)
         stop = n if stop is None else min(stop, n)
         if start < 0 or start > n:
             raise IndexError(f"start {start} is outside the mixture (0..{n})")
@@ -183,7 +235,11 @@ class MixturePlan:
             instances = self._instances(self.index.task_ids[lo:hi], self.index.rows[lo:hi])
             for a in range(lo, hi, batch_size):
                 b = min(a + batch_size, hi)
-                yield self._format(a, b, instances.slice(a - lo, b - a), tokenizer, max_source_length)
+                table = self._format(a, b, instances.slice(a - lo, b - a), tokenizer, max_source_length)
+                if self.keep is None or self.keep[a:b].all():
+                    yield table
+                elif self.keep[a:b].any():
+                    yield table.filter(pa.array(self.keep[a:b]))
 
     def _format(self, lo: int, hi: int, instances: pa.Table, tokenizer: Any,
                 max_source_length: int | None) -> pa.Table:

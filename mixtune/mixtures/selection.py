@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,10 +11,10 @@ from mixtune.config import suggest
 from mixtune.encodings import EncodingSpec
 from mixtune.errors import ConfigError
 from mixtune.mixtures.spec import MixtureSpec, SourceSpec
+from mixtune.tasks.matching import glob_tasks, is_glob, match_tasks
 from mixtune.tasks.schema import TaskCollection, TaskInfo
 
 log = logging.getLogger(__name__)
-GLOB_CHARS = set("*?[")
 
 
 @dataclass(frozen=True)
@@ -38,33 +37,11 @@ def _say_once(message: str) -> None:
         log.info("%s", message)
 
 
-def is_glob(pattern: str) -> bool:
-    """True when `pattern` has glob characters (*, ?, [)."""
-    return any(c in GLOB_CHARS for c in pattern)
-
-
 def _match(patterns: Sequence[str], candidates: Sequence[str], universe: Sequence[str], *, path: Path | None,
            field: str, what: str) -> set[str]:
     """Names among `candidates` matched by the patterns; each pattern must match something."""
-    chosen: set[str] = set()
-    cand = set(candidates)
-    for j, pattern in enumerate(patterns):
-        where = f"{field}[{j}]" if field else None
-        if is_glob(pattern):
-            hits = fnmatch.filter(candidates, pattern)
-            if not hits:
-                raise ConfigError(f"{what} glob {pattern!r} matches no task", path=path, field=where,
-                                  hint="check the pattern; `mixtune mixture show` lists the candidate tasks")
-            chosen.update(hits)
-        elif pattern in cand:
-            chosen.add(pattern)
-        elif pattern in universe:
-            raise ConfigError(f"task {pattern!r} is not a candidate of this source (not in the split's train "
-                              "tasks)", path=path, field=where, hint="remove `split` or the task name")
-        else:
-            raise ConfigError(f"unknown task {pattern!r}", path=path, field=where,
-                              hint=suggest(pattern, universe) or "check the task name")
-    return chosen
+    return match_tasks(patterns, candidates, universe=universe, path=path, field=field, what=what,
+                       not_candidate="not a candidate of this source (not in the split's train tasks)")
 
 
 def _check_values(values: Sequence[str], known: set[str], *, path: Path | None, field: str, what: str) -> None:
@@ -121,7 +98,7 @@ def select_tasks(spec: MixtureSpec, index: int, collection: TaskCollection) -> l
                           hint="loosen include / categories / languages")
     weights = dict.fromkeys(infos, 1.0)
     for pattern, w in sel.weights.items():
-        hits = fnmatch.filter(list(infos), pattern) if is_glob(pattern) else [pattern] if pattern in infos else []
+        hits = glob_tasks(pattern, infos) if is_glob(pattern) else [pattern] if pattern in infos else []
         if not hits:
             raise ConfigError(f"weight for {pattern!r}, which is not a selected task", path=path,
                               field=f"{field}.tasks.weights.{pattern}",

@@ -1,26 +1,19 @@
-"""Trainer callbacks: completing checkpoints (stream state + marker), the text log, NaN policy."""
+"""Trainer callbacks: completing checkpoints (stream state + marker), metric lines of train.log, NaN policy."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from mixtune.distributed import barrier
 from mixtune.errors import MixtuneError
 from mixtune.train.checkpoint import StreamState, delete_checkpoint, mark_complete, rotate
 from mixtune.train.data import stream_position
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class CheckpointStateCallback(TrainerCallback):
@@ -57,7 +50,7 @@ class CheckpointStateCallback(TrainerCallback):
             state.epoch = self.position_at(state.global_step) / self.mixture_size
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        _barrier()
+        barrier()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             mark_complete(folder, StreamState(
@@ -66,27 +59,17 @@ class CheckpointStateCallback(TrainerCallback):
                 world_size=self.world_size, schedule=self.schedule,
                 mixing=self.mixing_state() if self.mixing_state else None))
             rotate(args.output_dir, self.save_total_limit, protect=state.best_model_checkpoint)
-        _barrier()
+        barrier()
 
 
 class TextLogCallback(TrainerCallback):
-    """Append every log record (loss, learning rate, ...) as one line to a plain-text file."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def write(self, text: str) -> None:
-        """Append a line to the log (main process only; callers check); secrets are masked."""
-        from mixtune.secrets import redact_text
-
-        text = redact_text(text)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+    """Write every log record (loss, learning rate, ...) as a line of train.log (`mixtune.train.run_log`)."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
-            self.write(f"step {state.global_step}: {json.dumps(logs, default=str)}")
+            from mixtune.train.run_log import note
+
+            note(f"step {state.global_step}: {json.dumps(logs, default=str)}")
 
 
 class NanPolicyCallback(TrainerCallback):
@@ -111,7 +94,7 @@ class StaleCheckpointCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.exists():
             delete_checkpoint(folder)  # renamed out of the checkpoint namespace first
-        _barrier()
+        barrier()
 
 
 class MixtureLogCallback(TrainerCallback):

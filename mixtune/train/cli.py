@@ -100,7 +100,7 @@ def last_report(final: Path) -> Path | None:
 
     from mixtune.eval.callback import EVAL_DIR
     from mixtune.eval.report import REPORT_FILE
-    from mixtune.train.run import RUN_FILE
+    from mixtune.train.final import RUN_FILE
 
     try:
         history = json.loads((final / RUN_FILE).read_text(encoding="utf-8"))["heldout_eval"]["history"]

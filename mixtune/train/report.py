@@ -30,7 +30,7 @@ def write_training_report(run_dir: str | Path) -> Path:
     """Write `training_report.md` (and the loss plot) into a finished run's folder; return its path."""
     from mixtune.eval.callback import EVAL_DIR
     from mixtune.eval.report import REPORT_FILE as EVAL_REPORT
-    from mixtune.train.run import FINAL, RUN_FILE
+    from mixtune.train.final import FINAL, RUN_FILE
 
     run_dir = Path(run_dir)
     info_path = run_dir / FINAL / RUN_FILE

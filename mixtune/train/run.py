@@ -1,4 +1,5 @@
-"""One training run from a recipe: setup, train, save the final model.
+"""One training run from a recipe, in torchtune's recipe shape: `setup` (plan, launch, resume decision),
+`announce`, `build` (model and trainer), train, `save` (final model and report), cleanup (in `finally`).
 
 Features and the recipe keys that control them:
 
@@ -9,21 +10,22 @@ Features and the recipe keys that control them:
 - DeepSpeed ZeRO (`distributed.deepspeed`): a preset or a JSON file;
 - checkpoints every `training.save_steps`, completed by a marker; `resume:` auto/never/path
   continues from the saved stream position in O(1), also with another number of processes;
-- logging (`logging:`): wandb (offline by default), `output_dir/train.log`, progress bar; the training
+- logging (`logging:`): wandb (offline by default; `mixtune.train.wandb_run`), `output_dir/train.log`
+  (`mixtune.train.run_log`), progress bar; the training
   loss per task, category and source at every logging step in `output_dir/losses.jsonl`;
-- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`),
-  `output_dir/training_report.md` (`mixtune.train.report`).
+- outputs: `output_dir/checkpoint-N/`, `output_dir/final/` (plain HF format + `mixtune_run.json`;
+  `mixtune.train.final`), `output_dir/training_report.md` (`mixtune.train.report`); where a run resumes:
+  `mixtune.train.resume`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
-import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,14 @@ from mixtune.train.callbacks import (
 )
 from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
 from mixtune.train.deepspeed import zero_stage
+from mixtune.train.final import FINAL, finished_run, save_final
 from mixtune.train.output_dir import check_output_dir, hold
+from mixtune.train.resume import resume_point, schedule_change, schedule_of, start_over
+from mixtune.train.run_log import note, run_log
+from mixtune.train.steps import total_steps
+from mixtune.train.wandb_run import wandb_run
 
 logger = logging.getLogger(__name__)
-
-FINAL = "final"
-RUN_FILE = "mixtune_run.json"
 
 
 def plan_for(recipe: Recipe) -> Any:
@@ -55,29 +59,74 @@ def plan_for(recipe: Recipe) -> Any:
     return plan_mixture(load_mixture(recipe.data.mixture, collection=recipe.data.collection))
 
 
-def total_steps(recipe: Recipe, plan_size: int, global_batch: int) -> int:
-    """Optimizer steps of the run: `training.max_steps`, else `epochs` passes over the plan."""
-    if recipe.training.max_steps is not None:
-        return recipe.training.max_steps
-    epochs = recipe.training.epochs if recipe.training.epochs is not None else 1.0
-    return max(1, math.ceil(epochs * plan_size / global_batch))
+@dataclass
+class RunSetup:
+    """What `setup` decided before the model loads: the plan, the launch, the steps and where to resume."""
+
+    plan: Any
+    args: Any  # the transformers training arguments
+    kind: str  # the model kind the arguments were built for (`known_kind`, else causal)
+    world: int
+    global_batch: int
+    max_steps: int
+    resume_from: Path | None
+    state: ckpt.StreamState | None
+    schedule: dict[str, Any]
+    show: bool  # progress phases on the console
+    online: Any = None  # the online re-weighting (`mixtune.train.online_mixing`); None for a static mixture
+
+    @property
+    def is_main(self) -> bool:
+        return self.args.process_index == 0
+
+    @property
+    def start_step(self) -> int:
+        return self.state.global_step if self.state else 0
+
+    @property
+    def start_position(self) -> int:
+        return self.state.position if self.state else 0
+
+    @property
+    def end_position(self) -> int:
+        return self.start_position + (self.max_steps - self.start_step) * self.global_batch
 
 
 def run_training(recipe: Recipe, *, order_log: str | Path | None = None) -> Path:
     """Train as the recipe says; returns the final model folder. Works under any launcher.
 
-    The main process holds `output_dir`'s lock for the whole run (a second run on it is refused).
+    setup (plan, launch, resume decision) -> announce (train.log, wandb) -> train -> save -> cleanup (the run
+    log and the wandb run are closed whatever happens). The main process holds `output_dir`'s lock for the
+    whole run (a second run on it is refused).
     """
     output_dir = check_output_dir(recipe.output_dir, recipe_path=recipe.source)
     main = int(os.environ.get("RANK", "0")) == 0
     with hold(output_dir, recipe_path=recipe.source) if main else contextlib.nullcontext():
-        return _train(recipe, output_dir, order_log)
+        run = setup(recipe, output_dir)
+        if run is None:  # `resume: auto` found this run finished
+            return output_dir / FINAL
+        cleanup = contextlib.ExitStack()
+        try:
+            cleanup.enter_context(run_log(output_dir / recipe.logging.log_file, enabled=run.is_main))
+            if run.is_main:
+                announce(recipe, run)
+            cleanup.enter_context(wandb_run(recipe, run.args.run_name,
+                                            enabled=run.is_main and "wandb" in run.args.report_to))
+            trainer, tokenizer, heldout = build(recipe, run, order_log)
+            result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+            return save(recipe, run, output_dir, trainer, tokenizer, heldout, result)
+        finally:
+            cleanup.close()
 
 
-def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Path:
-    from transformers import set_seed
-
+def setup(recipe: Recipe, output_dir: Path) -> RunSetup | None:
+    """Plan the mixture, learn the launch's world size, size the run and decide where it resumes; prepare
+    output_dir (main process). None when `resume: auto` finds this run already finished."""
     from mixtune.console import phase
+    from mixtune.distributed import launch_world_size
+    from mixtune.train.launch import check_cpu_deepspeed_launch
+    from mixtune.train.modeling import known_kind
+    from mixtune.train.trainer import _has_accelerator, build_training_arguments
 
     show = recipe.logging.progress_bar and int(os.environ.get("RANK", "0")) == 0
     with phase(f"planning mixture {recipe.data.mixture}", enabled=show):
@@ -87,128 +136,134 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     from mixtune.train.online_mixing import online_mixing
 
     online = online_mixing(recipe, plan)  # None for a static mixture; refuses DataLoader workers
-
-    # The plan's world size is known once the training arguments have set up the processes.
-    from mixtune.train.launch import check_cpu_deepspeed_launch
-    from mixtune.train.modeling import known_kind
-    from mixtune.train.trainer import (
-        _has_accelerator,
-        build_collator,
-        build_trainer,
-        build_training_arguments,
-    )
-
     check_cpu_deepspeed_launch(recipe, has_accelerator=_has_accelerator())
-    kind_hint = known_kind(recipe.model) or "causal"
-    probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
-    world = probe.world_size
+    kind = known_kind(recipe.model) or "causal"
+    world = launch_world_size()
     g_batch = global_batch_size(recipe.training.per_device_batch_size,
                                 recipe.training.gradient_accumulation_steps, world)
-    max_steps = total_steps(recipe, len(plan), g_batch)
-    args = build_training_arguments(recipe, max_steps=max_steps, kind=kind_hint)
-    is_main = args.process_index == 0
+    max_steps = total_steps(recipe.training, len(plan), g_batch)
+    args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
+    if args.world_size != world:  # the launcher's environment and the process group must agree
+        raise RuntimeError(f"the launch environment says {world} process(es), the process group "
+                           f"{args.world_size}")
     if args.deepspeed and world > 1:
         _init_deepspeed_comm()
 
     finished = finished_run(recipe, plan.hash, max_steps)
     if finished is not None:
-        if is_main:
+        if args.process_index == 0:
             logger.warning("%s", finished)
-        return output_dir / FINAL
+        return None
     resume_from, state = resume_point(recipe, plan.hash, max_steps, world=world, deepspeed=_uses_deepspeed(args))
-    start_step, start_position = (state.global_step, state.position) if state else (0, 0)
-    schedule = schedule_of(recipe, max_steps)
-    if is_main:
+    run = RunSetup(plan=plan, args=args, kind=kind, world=world, global_batch=g_batch, max_steps=max_steps,
+                   resume_from=resume_from, state=state, schedule=schedule_of(recipe, max_steps), show=show,
+                   online=online)
+    if run.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if recipe.resume == "never":
-            _start_over(output_dir)
+            start_over(output_dir)
         else:
             ckpt.remove_incomplete(output_dir)
-    log_path = output_dir / recipe.logging.log_file
-    text_log = TextLogCallback(log_path)
-    if is_main:
-        _attach_file_log(log_path)
-        header = run_header(recipe, plan, world=world, global_batch=g_batch, max_steps=max_steps)
-        text_log.write(header)
-        from mixtune.secrets import redact_text
+    return run
 
-        print(redact_text(header), file=sys.stderr, flush=True)  # on the console too, whatever the logging set-up
-        text_log.write(("resuming from " + str(resume_from) + f" at step {start_step}, stream position "
-                        f"{start_position}") if resume_from else "starting fresh")
-        changed = schedule_change(state, schedule, resume_from) if state else None
-        if changed:
-            logger.warning("%s", changed)
-            text_log.write("WARNING " + changed)
-        if resume_from and start_step == max_steps:
-            logger.warning("%s is at the last step (%d) but %s/ is missing (its save was interrupted): "
-                           "writing %s/ from it", resume_from, max_steps, FINAL, FINAL)
 
-    if is_main and "wandb" in args.report_to:
-        _start_wandb(recipe, args.run_name)
-    set_seed(recipe.training.seed)
+def announce(recipe: Recipe, run: RunSetup) -> None:
+    """The run header (train.log and the console), the resume decision, schedule warnings (main process)."""
+    from mixtune.secrets import redact_text
+
+    header = run_header(recipe, run.plan, world=run.world, global_batch=run.global_batch,
+                        max_steps=run.max_steps)
+    note(header)
+    print(redact_text(header), file=sys.stderr, flush=True)  # on the console too, whatever the logging set-up
+    note(("resuming from " + str(run.resume_from) + f" at step {run.start_step}, stream position "
+          f"{run.start_position}") if run.resume_from else "starting fresh")
+    changed = schedule_change(run.state, run.schedule, run.resume_from) if run.state else None
+    if changed:
+        logger.warning("%s", changed)  # the console and train.log
+    if run.resume_from and run.start_step == run.max_steps:
+        logger.warning("%s is at the last step (%d) but %s/ is missing (its save was interrupted): "
+                       "writing %s/ from it", run.resume_from, run.max_steps, FINAL, FINAL)
+
+
+def build(recipe: Recipe, run: RunSetup, order_log: str | Path | None) -> tuple[Any, Any, Any]:
+    """Load the model and build the trainer over the position stream: (trainer, tokenizer, held-out eval
+    callback or None)."""
+    from transformers import set_seed
+
+    from mixtune.console import phase
     from mixtune.train.modeling import context_length, load_model_and_tokenizer
+    from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 
-    with phase("loading the model", enabled=show and is_main):
+    set_seed(recipe.training.seed)
+    with phase("loading the model", enabled=run.show and run.is_main):
         model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
-    if kind != kind_hint:
-        args = build_training_arguments(recipe, max_steps=max_steps, kind=kind)
+    if kind != run.kind:
+        run.args = build_training_arguments(recipe, max_steps=run.max_steps, kind=kind)
+        run.kind = kind
     collate = build_collator(recipe, model, tokenizer, kind)
     limit, length_field = context_length(model.config), _length_field(kind)
     _check_length(recipe, limit, length_field)
-    stream = PositionStream(start_position, start_position + (max_steps - start_step) * g_batch,
-                            micro_batch=recipe.training.per_device_batch_size * world)
+    stream = PositionStream(run.start_position, run.end_position,
+                            micro_batch=recipe.training.per_device_batch_size * run.world)
+    online = run.online
     if online is not None:
-        online.start(global_batch=g_batch, state=state.mixing if state else None, recipe_path=recipe.source)
+        online.start(global_batch=run.global_batch, state=run.state.mixing if run.state else None,
+                     recipe_path=recipe.source)
     # prompts come whole from the plan; the collator fits them to the budgets in token space
-    collator = StreamCollator(online.view(stream.stop) if online else plan, collate, order_log=order_log,
-                              rank=args.process_index, max_positions=limit, length_field=length_field, task_ids=True)
-    callbacks = _callbacks(recipe, plan, text_log, start_step=start_step, start_position=start_position,
-                           global_batch=g_batch, world=world, stop_position=stream.stop, schedule=schedule)
+    collator = StreamCollator(online.view(stream.stop) if online else run.plan, collate, order_log=order_log,
+                              rank=run.args.process_index, max_positions=limit, length_field=length_field,
+                              task_ids=True)
+    callbacks = _callbacks(recipe, run.plan, start_step=run.start_step, start_position=run.start_position,
+                           global_batch=run.global_batch, world=run.world, stop_position=stream.stop,
+                           schedule=run.schedule)
     if online is not None:
-        online.attach(callbacks, recipe.output_dir, start_step=start_step, stop=stream.stop)
+        online.attach(callbacks, recipe.output_dir, start_step=run.start_step, stop=stream.stop)
     heldout = None
     if recipe.eval is not None:
         from mixtune.eval.callback import HeldOutEvalCallback
 
         heldout = HeldOutEvalCallback(recipe.eval, tokenizer, progress=recipe.logging.progress_bar)
         callbacks.append(heldout)
-    trainer = build_trainer(model=model, tokenizer=tokenizer, kind=kind, args=args, train_dataset=stream,
-                            data_collator=collator, callbacks=callbacks, resume_from=resume_from)
+    trainer = build_trainer(model=model, tokenizer=tokenizer, kind=kind, args=run.args, train_dataset=stream,
+                            data_collator=collator, callbacks=callbacks, resume_from=run.resume_from)
     if heldout is not None:
         heldout.bind(trainer)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return trainer, tokenizer, heldout
 
-    end_position = start_position + (max_steps - start_step) * g_batch
+
+def save(recipe: Recipe, run: RunSetup, output_dir: Path, trainer: Any, tokenizer: Any, heldout: Any,
+         result: Any) -> Path:
+    """Write `final/` with its `mixtune_run.json` (every process takes part) and the training report."""
+    from mixtune.console import phase
+
     info = {
         "recipe": recipe_dict(recipe),
         "recipe_file": recipe.source,
-        "mixture": plan.summary(),
-        "mixture_hash": plan.hash,
-        "trained_examples": end_position,
-        "trained_task_counts": (online.trained_task_counts(end_position) if online
-                                else trained_task_counts(plan, end_position)),
-        "global_steps": max_steps,
-        "world_size": world,
-        "zero_stage": zero_stage(args.deepspeed) if isinstance(args.deepspeed, dict) else None,
-        "global_batch_size": g_batch,
-        "resumed_from": str(resume_from) if resume_from else None,
+        "mixture": run.plan.summary(),
+        "mixture_hash": run.plan.hash,
+        "trained_examples": run.end_position,
+        "trained_task_counts": (run.online.trained_task_counts(run.end_position) if run.online
+                                else trained_task_counts(run.plan, run.end_position)),
+        "global_steps": run.max_steps,
+        "world_size": run.world,
+        "zero_stage": zero_stage(run.args.deepspeed) if isinstance(run.args.deepspeed, dict) else None,
+        "global_batch_size": run.global_batch,
+        "resumed_from": str(run.resume_from) if run.resume_from else None,
         "git_commit": git_commit(),
         "metrics": result.metrics,
-        "kind": kind,
+        "kind": run.kind,
     }
     if heldout is not None:
         info["heldout_eval"] = {"best": heldout.best, "history": heldout.history}
-    with phase(f"saving the final model to {output_dir / FINAL}", enabled=show and is_main):
+    with phase(f"saving the final model to {output_dir / FINAL}", enabled=run.show and run.is_main):
         final = save_final(trainer, tokenizer, output_dir, info)
-    if is_main:
-        text_log.write(f"final model saved to {final}; trained on {end_position} examples")
-        _write_report(output_dir, text_log)
-    _finish_wandb()
-    _detach_file_log()
+    if run.is_main:
+        note(f"final model saved to {final}; trained on {run.end_position} examples")
+        _write_report(output_dir)
     return final
 
 
-def _write_report(output_dir: Path, text_log: TextLogCallback) -> None:
+def _write_report(output_dir: Path) -> None:
     """The training report beside the eval reports; a failure to draw it is logged, the run stands."""
     from mixtune.train.report import write_training_report
 
@@ -218,7 +273,7 @@ def _write_report(output_dir: Path, text_log: TextLogCallback) -> None:
         logger.warning("the training report could not be written (%s: %s); retry with `mixtune report %s`",
                        e.__class__.__name__, e, output_dir)
         return
-    text_log.write(f"training report: {path}")
+    note(f"training report: {path}")
 
 
 def run_header(recipe: Recipe, plan: Any, *, world: int, global_batch: int, max_steps: int) -> str:
@@ -233,151 +288,13 @@ def run_header(recipe: Recipe, plan: Any, *, world: int, global_batch: int, max_
             f"output {recipe.output_dir}")
 
 
-def _start_wandb(recipe: Recipe, run_name: str | None) -> None:
-    """Open this run's wandb run under output_dir/wandb (the Trainer's callback then logs to it).
-
-    Opened here rather than by the callback because wandb reads WANDB_DIR only once per process: a
-    second run in the same process would otherwise write into the first run's folder. The run name
-    (`run_name`, from the training arguments) is already redacted.
-    """
-    import sys
-
-    import wandb
-
-    from mixtune.secrets import redact
-
-    argv = sys.argv
-    sys.argv = redact(list(argv))  # wandb records the command line (sys.argv) in its run metadata
-    try:
-        wandb.init(project=recipe.logging.project, name=run_name, dir=recipe.output_dir, mode=recipe.logging.wandb,
-                   config={"recipe": redact(recipe_dict(recipe))}, reinit="finish_previous")
-    finally:
-        sys.argv = argv
-
-
-def _finish_wandb() -> None:
-    """Close the wandb run (flushes an offline run to disk) when one is open."""
-    import sys
-
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
 def _uses_deepspeed(args: Any) -> bool:
     """DeepSpeed from the recipe (`distributed.deepspeed`) or from `accelerate launch --use_deepspeed`."""
     return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
-def check_deepspeed_resume(recipe: Recipe, checkpoint: Path, saved: int, *, world: int, deepspeed: bool) -> None:
-    """Refuse to resume a DeepSpeed checkpoint (saved by `saved` processes) without DeepSpeed or on another count.
-
-    Its optimizer state is partitioned per process (`global_step*/`, no `optimizer.pt`): without
-    DeepSpeed the Trainer would silently start a fresh optimizer, and DeepSpeed itself refuses another
-    data-parallel size deep in its loader.
-    """
-    if not any(p.is_dir() for p in checkpoint.glob("global_step*")):
-        return
-    if deepspeed and saved == world:
-        return
-    now = f"{world} process(es)" + ("" if deepspeed else " without DeepSpeed")
-    raise ConfigError(
-        f"{checkpoint} holds DeepSpeed ZeRO state saved by {saved} process(es); this launch has {now}",
-        path=recipe.source, field="resume",
-        hint=f"relaunch with DeepSpeed on {saved} processes to resume exactly, or start a new run from its "
-             f"weights: model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
-
-
-def resume_point(recipe: Recipe, mixture_hash: str, max_steps: int, *, world: int,
-                 deepspeed: bool) -> tuple[Path | None, ckpt.StreamState | None]:
-    """(checkpoint or None, its stream state) for the recipe's `resume:`; checks the mixture, the step
-    and that a DeepSpeed checkpoint fits this launch (`check_deepspeed_resume`).
-
-    A checkpoint at exactly `max_steps` is resumed too: its run was stopped while `final/` was written
-    (`finished_run` catches the runs whose `final/` is there), and the Trainer runs no step from it.
-    """
-    resume_from = ckpt.resolve_resume(recipe.resume, recipe.output_dir, recipe_path=recipe.source)
-    if resume_from is None:
-        return None, None
-    state = ckpt.read_state(resume_from)
-    if state.mixture_hash != mixture_hash:
-        raise ConfigError(
-            f"the mixture changed since {resume_from} was saved (hash {state.mixture_hash} -> {mixture_hash})",
-            path=recipe.source, field="data.mixture",
-            hint="restore the mixture, or start fresh with resume=never or another output_dir")
-    if state.global_step > max_steps:
-        raise ConfigError(f"{resume_from} is already at step {state.global_step}, past this run's {max_steps} steps",
-                          path=recipe.source, field="training.max_steps",
-                          hint=f"restore training.max_steps / epochs, or train its weights further in a new run "
-                               f"with its own LR schedule: model.name_or_path={resume_from} resume=never "
-                               "output_dir=<new folder>")
-    check_deepspeed_resume(recipe, resume_from, state.world_size, world=world, deepspeed=deepspeed)
-    return resume_from, state
-
-
-def schedule_of(recipe: Recipe, max_steps: int) -> dict[str, Any]:
-    """The settings that shape the learning-rate schedule (recorded in every checkpoint)."""
-    t = recipe.training
-    return {"max_steps": max_steps, "epochs": t.epochs if t.max_steps is None else None,
-            "lr_scheduler": t.lr_scheduler, "learning_rate": t.learning_rate,
-            "warmup_steps": t.warmup_steps, "warmup_ratio": t.warmup_ratio}
-
-
-def schedule_change(state: ckpt.StreamState, schedule: dict[str, Any], checkpoint: Path | None) -> str | None:
-    """A warning naming the old and new LR schedule when they differ, else None."""
-    old = state.schedule
-    if not old or old == schedule:
-        return None
-
-    def show(s: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={s.get(k)}" for k in schedule if s.get(k) is not None)
-
-    diff = ", ".join(f"{k} {old.get(k)} -> {schedule[k]}" for k in schedule if old.get(k) != schedule[k])
-    return (f"the learning-rate schedule changed since {checkpoint} was saved ({diff}). Saved schedule: "
-            f"{show(old)}; this run: {show(schedule)}. Resuming continues at step {state.global_step} of the NEW "
-            f"schedule, so the learning rate jumps to the new curve's value there. To keep the old schedule, "
-            f"restore those settings; to train the weights further with a fresh schedule, start a new run: "
-            f"model.name_or_path={checkpoint} resume=never output_dir=<new folder>")
-
-
-def finished_run(recipe: Recipe, mixture_hash: str, max_steps: int) -> str | None:
-    """With `resume: auto`: when output_dir already holds this run's `final/` (same mixture, at least
-    `max_steps` steps), a message saying where its model and held-out report are; else None."""
-    from mixtune.limits import json_loads
-
-    if recipe.resume != "auto":
-        return None
-    output_dir = Path(recipe.output_dir)
-    try:
-        info = json_loads((output_dir / FINAL / RUN_FILE).read_text(encoding="utf-8"))
-        steps, mixture = int(info["global_steps"]), info["mixture_hash"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    if mixture != mixture_hash or steps < max_steps:
-        return None
-    text = f"{output_dir} already holds this finished run ({steps} steps): final model {output_dir / FINAL}"
-    history = (info.get("heldout_eval") or {}).get("history") or []
-    if history:
-        report = output_dir / "heldout_eval" / f"step-{history[-1]['step']}" / "report.md"
-        if report.is_file():
-            text += f", held-out report {report}"
-    return text + (". Nothing to do; to train again from scratch use resume=never (its checkpoints are "
-                   "deleted and final/ is replaced) or another output_dir")
-
-
-def _start_over(output_dir: Path) -> None:
-    """`resume: never`: delete an earlier run's checkpoints (a later `resume: auto` must not pick them)."""
-    old = ckpt.list_checkpoints(output_dir)
-    for folder in old:
-        ckpt.delete_checkpoint(folder)
-    if old or (output_dir / FINAL).exists():
-        logger.warning("resume=never: starting over in %s; deleted %d checkpoint(s) of the earlier run%s",
-                       output_dir, len(old), f", its {FINAL}/ is replaced when this run ends"
-                       if (output_dir / FINAL).exists() else "")
-
-
-def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_step: int, start_position: int,
-               global_batch: int, world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
+def _callbacks(recipe: Recipe, plan: Any, *, start_step: int, start_position: int, global_batch: int,
+               world: int, stop_position: int, schedule: dict[str, Any]) -> list[Any]:
     from mixtune.train.nan_guard import NanGuardCallback
     from mixtune.train.task_losses import TaskLossCallback
 
@@ -386,7 +303,7 @@ def _callbacks(recipe: Recipe, plan: Any, text_log: TextLogCallback, *, start_st
         CheckpointStateCallback(start_step=start_step, start_position=start_position, global_batch_size=global_batch,
                                 world_size=world, mixture_hash=plan.hash, mixture_size=len(plan),
                                 save_total_limit=recipe.training.save_total_limit, schedule=schedule),
-        text_log,
+        TextLogCallback(),
         MixtureLogCallback(plan.hash, trained_task_counts(plan, stop_position)),
         NanGuardCallback(plan, policy=recipe.training.on_nan, start_step=start_step,
                          start_position=start_position, global_batch_size=global_batch),
@@ -444,86 +361,3 @@ def _init_deepspeed_comm() -> None:
 
     backend = dist.get_backend() if dist.is_initialized() else None
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def save_final(trainer: Any, tokenizer: Any, output_dir: Path, info: dict[str, Any]) -> Path:
-    """Write output_dir/final atomically: weights (ZeRO-3 shards gathered), tokenizer, mixtune_run.json.
-
-    Every process takes part (gathering ZeRO-3 shards is collective); the main process fills a
-    temporary folder and renames it into place, so `final/` is either complete or absent.
-    """
-    from mixtune.io import atomic_write_json, safetensors_write_errors
-    from mixtune.secrets import redact
-
-    final = output_dir / FINAL
-    tmp = output_dir / f".{FINAL}.partial"
-    is_main = trainer.args.process_index == 0
-    if is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    _barrier()
-    model = trainer.model
-    lora = hasattr(model, "peft_config")
-    if lora:
-        trainer.save_model(str(tmp / "adapter"))
-        info["lora"] = {"adapter": "adapter/", "merged": False}
-        if trainer.is_deepspeed_enabled:
-            info["lora"]["note"] = "ZeRO-3 training: only the adapter is saved; merge it with peft after loading"
-        elif is_main:
-            merged = model.merge_and_unload()
-            with safetensors_write_errors(tmp / "model.safetensors"):
-                merged.save_pretrained(str(tmp), safe_serialization=True)
-            info["lora"]["merged"] = True
-    else:
-        trainer.save_model(str(tmp))
-    _barrier()
-    if is_main:
-        tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / RUN_FILE, redact(info), default=str)
-        old = output_dir / f".{FINAL}.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-    return final
-
-
-_FILE_LOG: list[logging.Handler] = []  # the text-log handler of the run in progress (one run per process)
-
-
-def _attach_file_log(path: Path) -> None:
-    """Send mixtune's and transformers' log records to the run's text log (main process); transformers'
-    own console handler gets the redacting filter too."""
-    from mixtune.secrets import RedactingFilter, install_log_redaction
-
-    _detach_file_log()
-    install_log_redaction(_transformers_logger())
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    handler.addFilter(RedactingFilter())
-    logging.getLogger("mixtune").addHandler(handler)
-    _transformers_logger().addHandler(handler)
-    _FILE_LOG.append(handler)
-
-
-def _detach_file_log() -> None:
-    while _FILE_LOG:
-        handler = _FILE_LOG.pop()
-        logging.getLogger("mixtune").removeHandler(handler)
-        _transformers_logger().removeHandler(handler)
-        handler.close()
-
-
-def _transformers_logger() -> logging.Logger:
-    import transformers
-
-    return transformers.utils.logging.get_logger("transformers")
