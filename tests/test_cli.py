@@ -9,7 +9,6 @@ import pytest
 
 from mixtune.cli import build_parser, main
 
-
 #: The command tree the README and docs/ document (an independent list, not read from the parser).
 DOCUMENTED_COMMANDS = [
     ("mixture", "show"), ("mixture", "build"), ("mixture", "decontaminate"), ("mixture", "select"),
