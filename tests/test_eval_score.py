@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from rouge_score import rouge_scorer
+from official_scorer import assert_same_scores, items_from_file, official_scores
 
 from mixtune.cli import main
 from mixtune.errors import DataError
@@ -65,43 +64,9 @@ def predictions_file(tmp_path_factory, bundled_dir) -> Path:
     return path
 
 
-def _official_items(items: list[tuple[str, str, str, list[str]]]) -> dict:
-    """A straightforward reimplementation of the official formula, independent of mixtune's code, over
-    (task, category, prediction, references) items: a fresh RougeScorer(['rougeL'], use_stemmer=True) per
-    pair, max over references, mean x 100, round 4."""
-
-    def normalize(s: str) -> str:
-        exclude = set(string.punctuation)
-        return " ".join("".join(ch for ch in s.lower() if ch not in exclude).split())
-
-    def em(pred, refs):
-        return max(normalize(pred) == normalize(r) for r in refs)
-
-    def rl(pred, refs):
-        return max(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(prediction=pred, target=r)["rougeL"]
-                   .fmeasure for r in refs)
-
-    def agg(pairs):
-        return {"exact_match": round(100.0 * sum(em(p, g) for p, g in pairs) / len(pairs), 4),
-                "rougeL": round(100.0 * sum(rl(p, g) for p, g in pairs) / len(pairs), 4)}
-
-    by_task, by_cat = defaultdict(list), defaultdict(list)
-    for task, category, pred, refs in items:
-        by_task[task].append((pred, refs))
-        by_cat[category].append((pred, refs))
-    return {"overall": agg([(p, g) for _, _, p, g in items]),
-            "per_category": {c: agg(v) for c, v in by_cat.items()},
-            "per_task": {t: agg(v) for t, v in by_task.items()}}
-
-
 def _official(path: Path, bundled_dir: Path) -> dict:
     """The official formula over the file's own lines."""
-    items = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        e = json.loads(line)
-        task = json.loads((bundled_dir / "tasks" / f"{e['Task']}.json").read_text())
-        items.append((e["Task"], task["Categories"][0], e["prediction"], e["Instance"]["output"]))
-    return _official_items(items)
+    return official_scores(items_from_file(path, bundled_dir / "tasks"))
 
 
 def _official_against_references(path: Path, bundled_dir: Path, max_per_task: int = 100) -> tuple[dict, int]:
@@ -118,18 +83,7 @@ def _official_against_references(path: Path, bundled_dir: Path, max_per_task: in
             if inst["id"] not in predictions:
                 missing += 1
             items.append((task_name, task["Categories"][0], predictions.get(inst["id"], ""), inst["output"]))
-    return _official_items(items), missing
-
-
-def _assert_same(ours: dict, official: dict) -> None:
-    assert set(ours["per_task"]) == set(official["per_task"])
-    assert set(ours["per_category"]) == set(official["per_category"])
-    for table in ("per_category", "per_task"):
-        for key, row in official[table].items():
-            for metric, value in row.items():
-                assert ours[table][key][metric] == pytest.approx(value, abs=1e-4), (table, key, metric)
-    for metric, value in official["overall"].items():
-        assert ours["overall"][metric] == pytest.approx(value, abs=1e-4)
+    return official_scores(items), missing
 
 
 def test_score_agrees_with_official_formula(predictions_file, bundled_dir, collection) -> None:
@@ -137,12 +91,12 @@ def test_score_agrees_with_official_formula(predictions_file, bundled_dir, colle
     official = _official(predictions_file, bundled_dir)
     assert set(ours) == {"overall", "per_category", "per_task"}
     assert len(ours["per_task"]) == 12 and len(ours["per_category"]) == 12
-    _assert_same(ours, official)
+    assert_same_scores(ours, official)
     # the predictions are a mixture: neither all right nor all wrong
     assert 20 < ours["overall"]["exact_match"] < 60
     assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
     # without a collection the file's own lines are scored: the same here, where they are complete
-    _assert_same(score_file(predictions_file), {"overall": official["overall"], "per_task": official["per_task"],
+    assert_same_scores(score_file(predictions_file), {"overall": official["overall"], "per_task": official["per_task"],
                                                 "per_category": {"Uncategorized": official["overall"]}})
 
 
@@ -169,7 +123,7 @@ def test_partial_file_scores_as_the_official_script(partial_file, bundled_dir, c
     official, missing = _official_against_references(partial_file, bundled_dir)
     assert 150 < missing < 350 and details.missing == missing
     assert details.num_instances["overall"] == 494 and details.references == "collection"
-    _assert_same(details.as_dict(), official)
+    assert_same_scores(details.as_dict(), official)
     # the file's lines alone (no collection) score much higher: the semantics matter
     assert score_file(partial_file)["overall"]["rougeL"] > official["overall"]["rougeL"] + 5
     assert main(["eval", "score", str(partial_file), "--collection", "bundled", "--json"]) == 0
@@ -273,10 +227,13 @@ def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
     assert score_file(path)["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0  # no collection
 
 
-def test_cli_score_json(predictions_file, collection, capsys) -> None:
+def test_cli_score_json(predictions_file, bundled_dir, capsys) -> None:
     assert main(["eval", "score", str(predictions_file), "--collection", "bundled", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {k: out[k] for k in ("overall", "per_category", "per_task")} == score_file(predictions_file, collection)
+    # the official script's loop over the reference instances (first 100 of each held-out task), not score_file
+    official, missing = _official_against_references(predictions_file, bundled_dir)
+    assert_same_scores(out, official)
+    assert out["missing"] == missing > 0 and out["num_instances"] == 494 and out["references"] == "collection"
     assert set(out) == {"overall", "per_category", "per_task", "num_instances", "missing", "references"}
     assert set(out["overall"]) == {"exact_match", "rougeL"}
     for table in ("per_category", "per_task"):
