@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_RECIPE
 
 from mixtune.cli import build_parser, main
 
@@ -45,7 +46,7 @@ def test_overrides_may_follow_flags(monkeypatch: pytest.MonkeyPatch, repo_root) 
 
     parser = build_parser()
     args, extra = parser.parse_known_args(
-        ["train", str(repo_root / "recipes/tiny_causal.yaml"), "seed=1", "--collection", "bundled",
+        ["train", str(TINY_RECIPE), "seed=1", "--collection", "bundled",
          "training.max_steps=3"])
     assert extra == ["training.max_steps=3"]
     monkeypatch.setattr("mixtune.train.cli._train", fake_train)

@@ -57,6 +57,7 @@ def _expected(bundled_dir: Path, plan) -> dict:
     return {**levels, "unseen_instance": unseen}
 
 
+@pytest.mark.integration
 def test_levels_membership_and_scores(trained_model, bundled_dir, tmp_path):
     folder, plan = trained_model
     spec = EvalSpec(tasks=EVALUATED, max_instances_per_task=2, settings=["zero_shot"], max_new_tokens=3,

@@ -142,6 +142,7 @@ def finished_run(tiny_llama_dir, collection, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.integration
 def test_eval_run_writes_everything(finished_run, collection, bundled_dir):
     out, metrics = finished_run
     for name in ("predictions.jsonl", "predictions.zero_shot.jsonl", "metrics.json", "report.md",
@@ -179,6 +180,7 @@ def test_eval_run_writes_everything(finished_run, collection, bundled_dir):
     assert (out / "categories.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 def test_eval_run_resumes_from_partial_predictions(finished_run, tiny_llama_dir, collection, tmp_path):
     out, metrics = finished_run
     lines = read_jsonl(out / "predictions.jsonl")
@@ -196,6 +198,7 @@ def test_eval_run_resumes_from_partial_predictions(finished_run, tiny_llama_dir,
     assert not (resumed / PARTIAL_DIR).exists()
 
 
+@pytest.mark.integration
 def test_eval_run_reuses_rather_than_regenerates(finished_run, tiny_llama_dir, collection, tmp_path):
     out, _ = finished_run
     lines = read_jsonl(out / "predictions.jsonl")
@@ -243,6 +246,7 @@ def test_eval_run_rejects_a_task_typo_before_loading_the_model(tmp_path, capsys)
 
 
 # -- periodic evaluation during training --------------------------------------------------------------
+@pytest.mark.integration
 def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path):
     from transformers import Trainer, TrainingArguments
 

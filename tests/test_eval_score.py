@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from official_scorer import assert_same_scores, items_from_file, official_scores
 
 from mixtune.cli import main
@@ -251,7 +252,7 @@ def test_cli_score_json(predictions_file, bundled_dir, capsys) -> None:
 def test_cli_reports_bad_file_with_exit_code_2(tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"Task": "t", "Instance": {"input": "x", "output": ["a"]}, "prediction": "a"}\n{oops\n')
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "mixtune", "eval", "score", str(path), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE
 
 from mixtune.recipe import load_recipe
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator
@@ -19,8 +20,6 @@ from mixtune.train.packing import PackingCollator
 from mixtune.train.run import run_training
 from mixtune.train.task_losses import TaskLossCallback, read_losses, token_task_ids, trained_token_losses
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "recipes" / "tiny_causal.yaml"
 # global batch 8 = 4 per device x 2 accumulation (one process) = 2 x 2 x 2 (two processes)
 SETTINGS = ["data.max_length=64", "training.max_steps=2", "training.save_steps=2", "training.logging_steps=1",
             "training.gradient_accumulation_steps=2"]
@@ -73,7 +72,7 @@ def one_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     outs = {}
     for name, extra in {"plain": [], "packed": ["data.packing=true"]}.items():
         outs[name] = root / name
-        run_training(load_recipe(TINY, [*SETTINGS, "training.per_device_batch_size=4", *extra,
+        run_training(load_recipe(TINY_RECIPE, [*SETTINGS, "training.per_device_batch_size=4", *extra,
                                         f"output_dir={outs[name]}"]))
     return outs
 
@@ -102,7 +101,7 @@ def test_two_processes_reduce_the_per_task_losses(tmp_path: Path, one_process_ru
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_deepspeed",
-           "--zero_stage", "2", "--main_process_port", str(_port()), "-m", "mixtune", "train", str(TINY),
+           "--zero_stage", "2", "--main_process_port", str(_port()), "-m", "mixtune", "train", str(TINY_RECIPE),
            *SETTINGS, "training.per_device_batch_size=2", "data.packing=true", f"output_dir={out}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]

@@ -11,8 +11,6 @@ from mixtune.errors import ConfigError
 from mixtune.train import checkpoint as ckpt
 from mixtune.train.data import PositionStream, stream_examples
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _checkpoint(out: Path, step: int, *, complete: bool) -> Path:
     folder = out / f"checkpoint-{step}"
