@@ -49,6 +49,11 @@ def official_scores(items: list[Item]) -> dict:
             "per_task": {t: _aggregate(v) for t, v in by_task.items()}}
 
 
+def items_from_records(records: list[dict], category: str = "all") -> list[Item]:
+    """Official-format records ({"Task", "Instance": {"output"}, "prediction"}) as items, references from the records."""
+    return [(r["Task"], category, r["prediction"], r["Instance"]["output"]) for r in records]
+
+
 def items_from_file(path: Path, tasks_dir: Path) -> list[Item]:
     """A predictions file's lines as items, each with its category and references read from the task's JSON file
     (`tasks_dir/<task>.json`, looked up by instance id), not from the line."""

@@ -89,7 +89,7 @@ def _load_and_plan(text: str) -> object:
             spec = load_mixture(path)
             plan = plan_mixture(spec)
             n = len(plan)
-            assert n >= 0 and isinstance(plan.hash, str)
+            assert len(plan.hash) == 16 and set(plan.hash) <= set("0123456789abcdef")
             if n:
                 example = plan.example(n - 1)
                 assert isinstance(example["prompt"], str) and example["task"] in {t.name for t in plan.tasks}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_RECIPE
+from conftest import REPO, TINY_RECIPE, trainer_logged_losses
 
 from mixtune.recipe import load_recipe
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator
@@ -37,20 +37,10 @@ def _check_line(line: dict) -> None:
     assert len(line["per_task"]) >= len(line["per_category"]) >= 1
 
 
-def _trainer_losses(out: Path) -> dict[int, float]:
-    """step -> the loss the Trainer logged (train.log)."""
-    found = {}
-    for text in (out / "train.log").read_text().splitlines():
-        if " step " in text and ": {" in text and '"loss"' in text:
-            step = int(text.split(" step ", 1)[1].split(":", 1)[0])
-            found[step] = json.loads(text.split(": ", 1)[1])["loss"]
-    return found
-
-
 def _check_run(out: Path, steps: int = 2) -> list[dict]:
     lines = read_losses(out)
     assert [x["step"] for x in lines] == list(range(1, steps + 1))
-    logged = _trainer_losses(out)
+    logged = trainer_logged_losses(out)
     for line in lines:
         _check_line(line)
         assert abs(line["loss"] - logged[line["step"]]) < TOL  # logging_steps=1: the same tokens averaged

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_RECIPE
+from conftest import REPO, TINY_RECIPE, trainer_logged_losses
 
 from mixtune.errors import HeldOutError
 from mixtune.recipe import load_recipe
@@ -27,14 +27,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _losses(train_log: Path) -> list[float]:
-    out = []
-    for line in train_log.read_text().splitlines():
-        if ": {" in line and '"loss"' in line:
-            out.append(json.loads(line.split(": ", 1)[1])["loss"])
-    return out
 
 
 def _zero3_run(out: Path, *extra: str) -> None:
@@ -94,7 +86,7 @@ def test_seq2seq_loss_goes_down_on_a_fixed_batch(tmp_path: Path) -> None:
         "training.learning_rate=1e-2", "training.logging_steps=1", "training.save_steps=100",
         "data.max_source_length=48", "data.max_target_length=16", f"output_dir={tmp_path / 'run'}"])
     final = run_training(recipe)
-    losses = _losses(tmp_path / "run" / "train.log")
+    losses = list(trainer_logged_losses(tmp_path / "run").values())
     assert len(losses) >= 15
     assert losses[-1] < 0.7 * losses[0], losses
     model = AutoModelForSeq2SeqLM.from_pretrained(final)
@@ -139,7 +131,7 @@ def test_packing_and_chat_template_runs_save_loadable_models(tmp_path: Path) -> 
         recipe = load_recipe(TINY_RECIPE, [*FAST, *extra, "training.max_steps=2", "training.save_steps=2",
                                     "training.logging_steps=1", f"output_dir={tmp_path / name}"])
         final = run_training(recipe)
-        losses = _losses(tmp_path / name / "train.log")
+        losses = list(trainer_logged_losses(tmp_path / name).values())
         assert len(losses) == 2 and all(0 < x < 20 for x in losses)
         tokenizer = AutoTokenizer.from_pretrained(final)
         model = AutoModelForCausalLM.from_pretrained(final)
