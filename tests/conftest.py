@@ -1,17 +1,38 @@
-"""Shared fixtures: the bundled SuperNI sample and an isolated mixtune cache per test session."""
+"""Shared constants, helpers and fixtures: the repository, the bundled SuperNI sample, tiny model configs,
+real tokenizers made offline, and an isolated mixtune cache per test session.
+
+Test modules import the constants and helpers directly (`from conftest import REPO, TINY_LLAMA`); pytest puts
+tests/ on the import path.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+#: The repository root.
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "mixtune" / "data" / "superni"
+#: The tiny causal recipe most training tests start from.
+TINY_RECIPE = REPO / "recipes" / "tiny_causal.yaml"
 #: A 2-layer Llama (MiniLM vocabulary) for evaluation tests; `tiny_llama_dir` is it written with save_pretrained.
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+#: A 2-layer T5 (encoder and decoder), the seq2seq counterpart of TINY_LLAMA.
+TINY_T5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_heads": 4}
+
+
+def trainer_logged_losses(output_dir: Path) -> dict[int, float]:
+    """step -> the training loss the Trainer logged, read from the run's `train.log` (`step N: {...}` lines)."""
+    found = {}
+    for text in (Path(output_dir) / "train.log").read_text(encoding="utf-8").splitlines():
+        if " step " in text and ": {" in text and '"loss"' in text:
+            step = int(text.split(" step ", 1)[1].split(":", 1)[0])
+            found[step] = json.loads(text.split(": ", 1)[1])["loss"]
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)

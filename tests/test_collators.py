@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_LLAMA, TINY_T5
 
 from mixtune.errors import DataError
 from mixtune.train.collators import (
@@ -17,9 +18,6 @@ from mixtune.train.collators import (
 )
 from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer, load_tokenizer
 
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-         "num_attention_heads": 2}
-T5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 16, "num_layers": 1, "num_heads": 2}
 PROMPT = "Definition: answer the question. Now complete the following example - Input: capital of France? Output: "
 
 
@@ -32,7 +30,7 @@ def tok():
 def chat_tok(request, tokenizer_dirs):
     """Each tokenizer kind with a chat template: BPE its own (Llama-3 style), the others mixtune's default."""
     template = "tokenizer" if request.param == "bpe" else "default"
-    return load_tokenizer(ModelConfig(config=LLAMA, tokenizer=tokenizer_dirs[request.param], chat_template=template))
+    return load_tokenizer(ModelConfig(config=TINY_LLAMA, tokenizer=tokenizer_dirs[request.param], chat_template=template))
 
 
 def test_labels_mask_prompt_exactly_and_train_eos(real_tokenizer) -> None:
@@ -40,7 +38,7 @@ def test_labels_mask_prompt_exactly_and_train_eos(real_tokenizer) -> None:
     p = tok(PROMPT, add_special_tokens=False)["input_ids"]
     c = tok("Paris is it", add_special_tokens=False)["input_ids"]
     ex = tokenize_example(tok, PROMPT, "Paris is it")
-    # BOS in front when the tokenizer puts one there ([CLS], <|begin_of_text|>; none for T5)
+    # BOS in front when the tokenizer puts one there ([CLS], <|begin_of_text|>; none for TINY_T5)
     bos = [tok.bos_token_id] if tok(PROMPT)["input_ids"][0] == tok.bos_token_id else []
     assert ex["input_ids"] == [*bos, *p, *c, tok.eos_token_id]
     n_prompt = len(bos) + len(p)
@@ -104,7 +102,7 @@ def test_missing_key_is_a_data_error(tok) -> None:
 
 
 def test_seq2seq_collator_decoder_start(tokenizer_source) -> None:
-    model, t5tok, kind = load_model_and_tokenizer(ModelConfig(config=T5, tokenizer=tokenizer_source))
+    model, t5tok, kind = load_model_and_tokenizer(ModelConfig(config=TINY_T5, tokenizer=tokenizer_source))
     assert kind == "seq2seq"
     coll = Seq2SeqCollator(t5tok, model, max_source_length=10, max_target_length=4)
     batch = coll([{"prompt": PROMPT, "completion": "Paris"}, {"prompt": "q", "completion": "a long answer here"}])

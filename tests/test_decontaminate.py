@@ -173,14 +173,46 @@ def test_a_task_without_clean_instances_loses_its_examples(planted: dict) -> Non
     assert len(names) == len(clean) and task.name not in names
 
 
-def test_clear_errors(planted: dict, capsys: pytest.CaptureFixture) -> None:
-    code, _, err = _run(capsys, str(planted["mixture"]), "--drop")
-    assert code == 2 and "--out" in err
-    code, _, err = _run(capsys, str(planted["mixture"]), "--eval-split", "nosuchsplit")
-    assert code == 2 and "nosuchsplit" in err
-    code, _, err = _run(capsys, str(planted["mixture"]), "--ngram", "0")
-    assert code == 2 and "ngram" in err
-    assert not (planted["root"] / "never").exists()
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--drop"], "--drop needs --out DIR"),
+    (["--out", "{out}"], "--out is only used with --drop"),
+    (["--drop", "--out", "{out}", "--eval-split", "nosuchsplit"], "nosuchsplit"),
+    (["--drop", "--out", "{out}", "--ngram", "0"], "n-gram length must be >= 1"),
+])
+def test_clear_errors(planted: dict, capsys: pytest.CaptureFixture, args: list[str], words: str) -> None:
+    """A bad flag is one `mixtune: error:` line naming it (exit 2), and nothing is written: no output folder,
+    no temporary beside it."""
+    out = planted["root"] / "never"
+    before = _entries(planted["root"])
+    code, stdout, err = _run(capsys, str(planted["mixture"]), *[a.format(out=out) for a in args])
+    assert code == 2 and stdout == ""
+    assert err.startswith("mixtune: error: ") and words in err and err.count("\n") == 1, err
+    assert _entries(planted["root"]) == before
+
+
+def test_a_drop_that_fails_while_writing_leaves_nothing(planted: dict, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error after the shards are written (before the dataset's metadata) leaves neither the output folder
+    nor a half-written temporary."""
+    import mixtune.mixtures.build as build
+    from mixtune.errors import DataError
+
+    written = []
+
+    def fail(folder: Path, *args: object, **kwargs: object) -> None:
+        written.extend(p.name for p in Path(folder).glob("data-*.arrow"))
+        raise DataError("injected failure while writing the dataset")
+
+    monkeypatch.setattr(build, "_write_dataset_json", fail)
+    before = _entries(planted["root"])
+    code, _, err = _run(capsys, str(planted["mixture"]), "--drop", "--out", str(planted["root"] / "failed"))
+    assert code == 2 and "injected failure" in err
+    assert written  # the failure came with shards on disk
+    assert _entries(planted["root"]) == before
 
 
 def test_table_keeps_task_names_whole_in_a_narrow_terminal(planted: dict, capsys: pytest.CaptureFixture,

@@ -14,8 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TAG = "<!-- docs-test -->"
 BLOCK = re.compile(re.escape(TAG) + r"\s*```(?:bash|sh|console)\n(.*?)```", re.S)
 

@@ -125,9 +125,15 @@ def test_bundled_sample_task(bundled_dir):
     )
 
 
+def _parts(prompt: str) -> dict:
+    """What a prompt shows, counted from its text (not from the encoding that wrote it)."""
+    return {"definition": prompt.count("Definition: "), "pos_examples": prompt.count("Positive Example "),
+            "neg_examples": prompt.count("Negative Example "), "explanation": prompt.count("Explanation: ") > 0,
+            "task_name": prompt.startswith(TASK.name)}
+
+
 def test_tk_instruct_choice_is_seeded_and_covers_all_five():
     spec = EncodingSpec(tk_instruct=True, task_name=True, pos_examples=3)  # other fields are ignored
-    assert encode_prompt(TASK, INPUT, spec, seed=7) == encode_prompt(TASK, INPUT, spec, seed=7)
     five = {encode_prompt(TASK, INPUT, s) for s in TK_INSTRUCT_ENCODINGS}
     assert five == {
         DEF + QUERY,
@@ -140,6 +146,37 @@ def test_tk_instruct_choice_is_seeded_and_covers_all_five():
     assert set(seen) == five
     with pytest.raises(ConfigError, match="seed"):
         encode_prompt(TASK, INPUT, spec)
+
+
+def test_tk_instruct_prompt_shows_exactly_what_the_choice_says():
+    """The prompt of a seed has the parts of `resolve_encoding`'s pick for that seed, counted in its text."""
+    spec = EncodingSpec(tk_instruct=True, task_name=True, pos_examples=3)
+    for seed in range(300):
+        choice = resolve_encoding(spec, seed)
+        assert choice in TK_INSTRUCT_ENCODINGS
+        assert _parts(encode_prompt(TASK, INPUT, spec, seed=seed)) == {
+            "definition": int(choice.definition), "pos_examples": choice.pos_examples,
+            "neg_examples": choice.neg_examples, "explanation": choice.explanation, "task_name": False}
+
+
+def test_tk_instruct_choices_follow_the_reference_mix():
+    """Tk-Instruct draws its five encodings uniformly (`random.choice`): over 5,000 seeds each is ~1/5
+    (chi-square, 4 d.o.f., p > 0.001), consecutive seeds usually differ, and the draw depends on the seed only
+    (not on the global `random` state)."""
+    import random
+
+    spec = EncodingSpec(tk_instruct=True)
+    n = 5000
+    picks = [TK_INSTRUCT_ENCODINGS.index(resolve_encoding(spec, seed)) for seed in range(n)]
+    counts = [picks.count(k) for k in range(5)]
+    chi2 = sum((c - n / 5) ** 2 / (n / 5) for c in counts)
+    assert chi2 < 18.47, counts
+    changes = sum(a != b for a, b in zip(picks, picks[1:], strict=False)) / (n - 1)
+    assert 0.75 < changes < 0.85  # 4/5 for independent uniform draws
+    random.seed(12345)
+    again = [TK_INSTRUCT_ENCODINGS.index(resolve_encoding(spec, seed)) for seed in range(0, n, 97)]
+    random.seed(54321)
+    assert again == picks[::97] == [TK_INSTRUCT_ENCODINGS.index(resolve_encoding(spec, s)) for s in range(0, n, 97)]
 
 
 def test_prompt_prefix_is_the_fixed_part_of_every_prompt():
@@ -211,9 +248,17 @@ def test_encoding_spec_is_strict():
 
 
 def test_pick_reference_is_seeded():
+    """Each reference is picked ~1/3 of the time over many seeds, and the pick ignores the global `random` state."""
+    import random
+
     refs = ["Kabul", "Kabul city", "Cabool"]
-    assert pick_reference(refs, 3) == pick_reference(refs, 3)
-    assert {pick_reference(refs, seed) for seed in range(100)} == set(refs)
+    n = 3000
+    picks = [pick_reference(refs, seed) for seed in range(n)]
+    assert all(abs(picks.count(r) - n / 3) < 4 * (n * 2 / 9) ** 0.5 for r in refs)  # within 4 sigma
+    random.seed(1)
+    first = [pick_reference(refs, seed) for seed in range(50)]
+    random.seed(2)
+    assert first == picks[:50] == [pick_reference(refs, seed) for seed in range(50)]
     assert pick_reference(("only",), 5) == "only"
     with pytest.raises(DataError):
         pick_reference([], 0)

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_RECIPE
 
 from mixtune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.mixture.total_examples=16", "training.max_steps=3", "training.per_device_batch_size=2",
          "training.save_steps=100", "training.logging_steps=1"]
 
@@ -28,7 +28,7 @@ def _eval(final: Path, out: Path, *extra: str) -> dict:
 @pytest.mark.integration
 def test_tiny_llama_with_bpe_and_its_chat_template(tmp_path, bpe_tokenizer_dir) -> None:
     run = tmp_path / "run"
-    assert main(["train", str(REPO / "recipes" / "tiny_causal.yaml"), *SMALL, f"model.tokenizer={bpe_tokenizer_dir}",
+    assert main(["train", str(TINY_RECIPE), *SMALL, f"model.tokenizer={bpe_tokenizer_dir}",
                  "model.chat_template=tokenizer", "data.packing=true", "data.max_length=256",
                  "data.max_source_length=200", "model.config.max_position_embeddings=512",
                  f"output_dir={run}"]) == 0

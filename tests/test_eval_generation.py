@@ -6,17 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_LLAMA, TINY_T5
 
 from mixtune.eval.generation import generate, pad_batch
 from mixtune.eval.rank import label_ids, rank_classify, score_candidates
 from mixtune.eval.sharding import length_sorted, shard_for_process
 from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 # A larger init spread makes the random T5's greedy outputs differ from prompt to prompt.
-T5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_heads": 4,
-      "initializer_factor": 5.0}
+T5 = {**TINY_T5, "initializer_factor": 5.0}
 
 
 def tiny(config: dict, tokenizer: str | None = None):
@@ -44,7 +42,8 @@ def prompts(bundled_dir) -> list[str]:
     return [p[:400] for p in out]
 
 
-@pytest.mark.parametrize("config", [LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
+@pytest.mark.integration
+@pytest.mark.parametrize("config", [TINY_LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
 def test_batched_length_sorted_equals_one_by_one(config, prompts, tokenizer_source):
     model, tokenizer, kind = tiny(config, tokenizer_source)
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
@@ -58,7 +57,7 @@ def test_batched_length_sorted_equals_one_by_one(config, prompts, tokenizer_sour
 
 
 def test_causal_decodes_only_new_tokens(prompts):
-    model, tokenizer, kind = tiny(LLAMA)
+    model, tokenizer, kind = tiny(TINY_LLAMA)
     out = generate(model, tokenizer, prompts[:3], batch_size=3, max_new_tokens=4, kind=kind, progress=False)
     for prompt, text in zip(prompts[:3], out, strict=True):
         assert not text.startswith(tokenizer.decode(tokenizer(prompt)["input_ids"][1:6], skip_special_tokens=True))
@@ -69,7 +68,7 @@ def test_prompt_tokens_are_the_training_ones(prompts, tokenizer_source):
     from mixtune.eval.generation import encode_prompts
     from mixtune.train.collators import tokenize_example
 
-    _, tokenizer, _ = tiny(LLAMA, tokenizer_source)
+    _, tokenizer, _ = tiny(TINY_LLAMA, tokenizer_source)
     for kind in ("causal", "seq2seq"):
         [ids] = encode_prompts(tokenizer, [prompts[0]], kind)
         example = tokenize_example(tokenizer, prompts[0], "yes", kind=kind)
@@ -94,7 +93,7 @@ def test_seq2seq_whose_pad_is_its_eos_predicts_text(prompts, bpe_tokenizer_dir):
 
 
 def test_skip_and_on_batch(prompts):
-    model, tokenizer, kind = tiny(LLAMA)
+    model, tokenizer, kind = tiny(TINY_LLAMA)
     seen: list[int] = []
     full = generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=5, progress=False)
     part = generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=5, skip=[0, 3], progress=False,
@@ -127,7 +126,7 @@ def _biased_head(model, bias: torch.Tensor) -> None:
     model.set_output_embeddings(head)
 
 
-@pytest.mark.parametrize("config", [LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
+@pytest.mark.parametrize("config", [TINY_LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
 def test_rank_classification_picks_the_more_likely_label(config):
     model, tokenizer, kind = tiny(config)
     vocab = model.get_output_embeddings().out_features
@@ -148,7 +147,8 @@ def test_rank_classification_picks_the_more_likely_label(config):
             assert math.isclose(out["label_scores"][label], want, abs_tol=1e-3)
 
 
-@pytest.mark.parametrize("config", [LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
+@pytest.mark.integration
+@pytest.mark.parametrize("config", [TINY_LLAMA, T5], ids=["causal-llama", "seq2seq-t5"])
 def test_rank_scores_do_not_depend_on_batching(config, prompts, tokenizer_source):
     model, tokenizer, kind = tiny(config, tokenizer_source)
     pairs = [(p, label) for p in prompts[:5] for label in ("yes", "no", "maybe not")]

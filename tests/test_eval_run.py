@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_LLAMA
+from official_scorer import assert_same_scores, items_from_file, official_scores
 
 from mixtune.errors import ConfigError, DataError
 from mixtune.eval.evalsets import build_eval_set, label_set
@@ -142,9 +143,8 @@ def finished_run(tiny_llama_dir, collection, tmp_path_factory):
     return out, metrics
 
 
-def test_eval_run_writes_everything(finished_run, collection):
-    from mixtune.eval.metrics import score_file_details
-
+@pytest.mark.integration
+def test_eval_run_writes_everything(finished_run, collection, bundled_dir):
     out, metrics = finished_run
     for name in ("predictions.jsonl", "predictions.zero_shot.jsonl", "metrics.json", "report.md",
                  "categories.png", "run.json", "rank_classification.def_pos2.jsonl"):
@@ -163,20 +163,25 @@ def test_eval_run_writes_everything(finished_run, collection):
     assert set(saved["settings"]) == {"def_pos2", "zero_shot"}
     assert set(saved["baselines"]) == {"copy_demo", "copy_input", "random_label"}
     assert saved["num_instances"]["overall"] == 9 and saved["settings"]["zero_shot"]["generated"] == 9
-    # the metrics are the official scorer's on the written file
-    rescored = score_file_details(out / "predictions.jsonl", collection, tasks=TASKS, max_instances=3)
-    assert rescored.per_task == saved["per_task"]
+    # the metrics are the official SuperNI formula's (an independent re-implementation, references from the task
+    # files) on the written predictions, for each setting
+    assert_same_scores(saved, official_scores(items_from_file(out / "predictions.jsonl", bundled_dir / "tasks")))
+    assert_same_scores(saved["settings"]["zero_shot"],
+                       official_scores(items_from_file(out / "predictions.zero_shot.jsonl", bundled_dir / "tasks")))
     # rank classification covers exactly the two label-set tasks, reported on its own
     ranked = saved["rank_classification"]["def_pos2"]
     assert ranked["tasks"] == ["task1390_wscfixed_coreference", "task199_mnli_classification"]
     assert set(ranked["per_task"]) == set(ranked["tasks"])
     for r in read_jsonl(out / "rank_classification.def_pos2.jsonl"):
         assert r["prediction"] in label_set(collection, r["Task"])
+    assert_same_scores(ranked, official_scores(items_from_file(out / "rank_classification.def_pos2.jsonl",
+                                                               bundled_dir / "tasks")))
     report = (out / "report.md").read_text()
     assert "copy_demo (baseline)" in report and "Rank classification" in report
     assert (out / "categories.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 def test_eval_run_resumes_from_partial_predictions(finished_run, tiny_llama_dir, collection, tmp_path):
     out, metrics = finished_run
     lines = read_jsonl(out / "predictions.jsonl")
@@ -194,6 +199,7 @@ def test_eval_run_resumes_from_partial_predictions(finished_run, tiny_llama_dir,
     assert not (resumed / PARTIAL_DIR).exists()
 
 
+@pytest.mark.integration
 def test_eval_run_reuses_rather_than_regenerates(finished_run, tiny_llama_dir, collection, tmp_path):
     out, _ = finished_run
     lines = read_jsonl(out / "predictions.jsonl")
@@ -241,6 +247,7 @@ def test_eval_run_rejects_a_task_typo_before_loading_the_model(tmp_path, capsys)
 
 
 # -- periodic evaluation during training --------------------------------------------------------------
+@pytest.mark.integration
 def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path):
     from transformers import Trainer, TrainingArguments
 

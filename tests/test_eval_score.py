@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import string
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from rouge_score import rouge_scorer
+from conftest import REPO
+from official_scorer import assert_same_scores, items_from_file, official_scores
 
 from mixtune.cli import main
 from mixtune.errors import DataError
@@ -65,43 +65,9 @@ def predictions_file(tmp_path_factory, bundled_dir) -> Path:
     return path
 
 
-def _official_items(items: list[tuple[str, str, str, list[str]]]) -> dict:
-    """A straightforward reimplementation of the official formula, independent of mixtune's code, over
-    (task, category, prediction, references) items: a fresh RougeScorer(['rougeL'], use_stemmer=True) per
-    pair, max over references, mean x 100, round 4."""
-
-    def normalize(s: str) -> str:
-        exclude = set(string.punctuation)
-        return " ".join("".join(ch for ch in s.lower() if ch not in exclude).split())
-
-    def em(pred, refs):
-        return max(normalize(pred) == normalize(r) for r in refs)
-
-    def rl(pred, refs):
-        return max(rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(prediction=pred, target=r)["rougeL"]
-                   .fmeasure for r in refs)
-
-    def agg(pairs):
-        return {"exact_match": round(100.0 * sum(em(p, g) for p, g in pairs) / len(pairs), 4),
-                "rougeL": round(100.0 * sum(rl(p, g) for p, g in pairs) / len(pairs), 4)}
-
-    by_task, by_cat = defaultdict(list), defaultdict(list)
-    for task, category, pred, refs in items:
-        by_task[task].append((pred, refs))
-        by_cat[category].append((pred, refs))
-    return {"overall": agg([(p, g) for _, _, p, g in items]),
-            "per_category": {c: agg(v) for c, v in by_cat.items()},
-            "per_task": {t: agg(v) for t, v in by_task.items()}}
-
-
 def _official(path: Path, bundled_dir: Path) -> dict:
     """The official formula over the file's own lines."""
-    items = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        e = json.loads(line)
-        task = json.loads((bundled_dir / "tasks" / f"{e['Task']}.json").read_text())
-        items.append((e["Task"], task["Categories"][0], e["prediction"], e["Instance"]["output"]))
-    return _official_items(items)
+    return official_scores(items_from_file(path, bundled_dir / "tasks"))
 
 
 def _official_against_references(path: Path, bundled_dir: Path, max_per_task: int = 100) -> tuple[dict, int]:
@@ -118,18 +84,7 @@ def _official_against_references(path: Path, bundled_dir: Path, max_per_task: in
             if inst["id"] not in predictions:
                 missing += 1
             items.append((task_name, task["Categories"][0], predictions.get(inst["id"], ""), inst["output"]))
-    return _official_items(items), missing
-
-
-def _assert_same(ours: dict, official: dict) -> None:
-    assert set(ours["per_task"]) == set(official["per_task"])
-    assert set(ours["per_category"]) == set(official["per_category"])
-    for table in ("per_category", "per_task"):
-        for key, row in official[table].items():
-            for metric, value in row.items():
-                assert ours[table][key][metric] == pytest.approx(value, abs=1e-4), (table, key, metric)
-    for metric, value in official["overall"].items():
-        assert ours["overall"][metric] == pytest.approx(value, abs=1e-4)
+    return official_scores(items), missing
 
 
 def test_score_agrees_with_official_formula(predictions_file, bundled_dir, collection) -> None:
@@ -137,14 +92,13 @@ def test_score_agrees_with_official_formula(predictions_file, bundled_dir, colle
     official = _official(predictions_file, bundled_dir)
     assert set(ours) == {"overall", "per_category", "per_task"}
     assert len(ours["per_task"]) == 12 and len(ours["per_category"]) == 12
-    _assert_same(ours, official)
+    assert_same_scores(ours, official)
     # the predictions are a mixture: neither all right nor all wrong
     assert 20 < ours["overall"]["exact_match"] < 60
     assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
     # without a collection the file's own lines are scored: the same here, where they are complete
-    _assert_same(score_file_details(predictions_file).as_dict(),
-                 {"overall": official["overall"], "per_task": official["per_task"],
-                  "per_category": {"Uncategorized": official["overall"]}})
+    assert_same_scores(score_file_details(predictions_file).as_dict(), {"overall": official["overall"], "per_task": official["per_task"],
+                                                "per_category": {"Uncategorized": official["overall"]}})
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +124,7 @@ def test_partial_file_scores_as_the_official_script(partial_file, bundled_dir, c
     official, missing = _official_against_references(partial_file, bundled_dir)
     assert 150 < missing < 350 and details.missing == missing
     assert details.num_instances["overall"] == 494 and details.references == "collection"
-    _assert_same(details.as_dict(), official)
+    assert_same_scores(details.as_dict(), official)
     # the file's lines alone (no collection) score much higher: the semantics matter
     assert score_file_details(partial_file).as_dict()["overall"]["rougeL"] > official["overall"]["rougeL"] + 5
     assert main(["eval", "score", str(partial_file), "--collection", "bundled", "--json"]) == 0
@@ -189,8 +143,7 @@ def test_references_in_the_file_do_not_change_a_collection_score(partial_file, c
         r["Instance"]["output"] = [r["prediction"]]  # every prediction made "right" by its own line
     write_predictions(forged, lines)
     assert score_file_details(forged).as_dict()["overall"] == {"exact_match": 100.0, "rougeL": 100.0}
-    assert (score_file_details(forged, collection).as_dict()
-            == score_file_details(partial_file, collection).as_dict())
+    assert score_file_details(forged, collection).as_dict() == score_file_details(partial_file, collection).as_dict()
 
 
 def _lines(path: Path) -> list[dict]:
@@ -203,19 +156,19 @@ def test_duplicated_and_unknown_instances_are_refused(partial_file, collection, 
     write_predictions(twice, [*lines[:3], {**lines[1], "prediction": lines[1]["Instance"]["output"][0]}])
     for coll in (collection, None):
         with pytest.raises(DataError, match=r"line 4: duplicate instance id .* \(first on line 2\)"):
-            score_file_details(twice, coll)
+            score_file_details(twice, coll).as_dict()
     invented = tmp_path / "invented.jsonl"
     write_predictions(invented, [*lines[:2], {**lines[2], "Instance": {**lines[2]["Instance"], "id": "made-up-1"}}])
     with pytest.raises(DataError, match=r"line 3: unknown instance id 'made-up-1'"):
-        score_file_details(invented, collection)
+        score_file_details(invented, collection).as_dict()
     # an instance past the first N, or a task outside the evaluated ones, is not evaluated either
     with pytest.raises(DataError, match=r"unknown instance id .* not among the first 1 instances"):
-        score_file_details(partial_file, collection, max_instances=1)
+        score_file_details(partial_file, collection, max_instances=1).as_dict()
     train_task = next(t for t in collection.task_names() if t in collection.split("default").train)
     other = tmp_path / "train_task.jsonl"
     write_predictions(other, [{**lines[0], "Task": train_task}])
     with pytest.raises(DataError, match=rf"line 1: task '{train_task}' is not evaluated"):
-        score_file_details(other, collection)
+        score_file_details(other, collection).as_dict()
     assert main(["eval", "score", str(twice), "--collection", "bundled"]) == 2
 
 
@@ -271,16 +224,17 @@ def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
     path.write_text(json.dumps({"Task": "task199_mnli_clasification", "Instance": {"input": "x", "output": ["a"]},
                                 "prediction": "a"}) + "\n")
     with pytest.raises(DataError, match=r"line 1: unknown task .*did you mean 'task199_mnli_classification'"):
-        score_file_details(path, collection)
-    no_collection = score_file_details(path).as_dict()
-    assert no_collection["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0
+        score_file_details(path, collection).as_dict()
+    assert score_file_details(path).as_dict()["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0  # no collection
 
 
-def test_cli_score_json(predictions_file, collection, capsys) -> None:
+def test_cli_score_json(predictions_file, bundled_dir, capsys) -> None:
     assert main(["eval", "score", str(predictions_file), "--collection", "bundled", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert ({k: out[k] for k in ("overall", "per_category", "per_task")}
-            == score_file_details(predictions_file, collection).as_dict())
+    # the official script's loop over the reference instances (first 100 of each held-out task), not score_file
+    official, missing = _official_against_references(predictions_file, bundled_dir)
+    assert_same_scores(out, official)
+    assert out["missing"] == missing > 0 and out["num_instances"] == 494 and out["references"] == "collection"
     assert set(out) == {"overall", "per_category", "per_task", "num_instances", "missing", "references"}
     assert set(out["overall"]) == {"exact_match", "rougeL"}
     for table in ("per_category", "per_task"):
@@ -298,7 +252,7 @@ def test_cli_score_json(predictions_file, collection, capsys) -> None:
 def test_cli_reports_bad_file_with_exit_code_2(tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"Task": "t", "Instance": {"input": "x", "output": ["a"]}, "prediction": "a"}\n{oops\n')
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "mixtune", "eval", "score", str(path), "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -327,8 +281,7 @@ def test_baselines(tmp_path, collection, bundled_dir, capsys) -> None:
     for r in demo_records:
         assert r["prediction"] == collection.info(r["Task"]).positive_examples[0].output
         assert r["Categories"] == list(collection.info(r["Task"]).categories)
-    copy_scores = score_file_details(copy, collection, max_instances=10).as_dict()
-    demo_scores = score_file_details(demo, collection).as_dict()
+    copy_scores, demo_scores = score_file_details(copy, collection, max_instances=10).as_dict(), score_file_details(demo, collection).as_dict()
     assert copy_scores["overall"]["exact_match"] < 5.0  # copying the input is (almost) never the answer
     assert 0 < copy_scores["overall"]["rougeL"] < 50
     # copy_demo wins exact match on classification tasks, where the demo's label is often right
@@ -343,18 +296,17 @@ def test_baseline_unknown_split(tmp_path) -> None:
 
 
 def test_eval_run_flags_become_spec_overrides(tmp_path) -> None:
-    """`eval run`'s named flags reach the eval spec (after the KEY=VALUE overrides, so they win)."""
-    from mixtune.cli import parse_arguments
+    """`eval run`'s named flags reach the eval spec (after --set, so they win)."""
+    from mixtune.cli import build_parser
     from mixtune.eval.cli import spec_overrides
     from mixtune.eval.spec import load_eval_spec
 
-    args = parse_arguments([
-        "eval", "run", str(tmp_path), "max_new_tokens=1", "--out", str(tmp_path / "out"), "--collection", "bundled",
+    args = build_parser().parse_args([
+        "eval", "run", str(tmp_path), "--out", str(tmp_path / "out"), "--collection", "bundled",
         "--tasks", "task199_*,task1390_wscfixed_coreference", "--settings", "zero_shot,def_pos2",
         "--max-instances", "7", "--batch-size", "4", "--max-new-tokens", "9", "--chat",
-        "split=default", "--mixture", "mix.yaml",
+        "--set", "max_new_tokens=1", "--set", "split=default", "--mixture", "mix.yaml",
     ])
-    assert args.overrides == ["max_new_tokens=1", "split=default"]
     spec = load_eval_spec({}, spec_overrides(args))
     assert spec.collection == "bundled" and spec.split == "default" and spec.chat is True
     assert spec.tasks == ["task199_*", "task1390_wscfixed_coreference"]

@@ -151,6 +151,7 @@ def test_show_table_never_cuts_a_task_name_in_a_narrow_pipe(repo_root):
     assert "mixture 'quickstart': 60 tasks × 2 encodings, 5072 examples" in shown  # not "120 tasks"
 
 
+@pytest.mark.integration
 def test_cli_build_and_collection_flag_in_a_real_process(tmp_path, repo_root):
     out = tmp_path / "built"
     copy = tmp_path / "copy"

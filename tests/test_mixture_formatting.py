@@ -4,11 +4,11 @@ Tk-Instruct golden strings are in test_encodings.py, and the same references as 
 from __future__ import annotations
 
 import string
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_encodings import DEF, INPUT, NEG1, POS1, POS2, QUERY, TASK
 
 from mixtune.encodings import (
     TK_INSTRUCT_ENCODINGS,
@@ -20,9 +20,6 @@ from mixtune.encodings import (
 from mixtune.mixtures import load_mixture, plan_mixture
 from mixtune.mixtures.formatting import PY_WHITESPACE, instance_prompts, picked_references, reference_counts
 from mixtune.mixtures.sampler import position_seed
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from test_encodings import DEF, INPUT, NEG1, POS1, POS2, QUERY, TASK  # noqa: E402
 
 # inputs that exercise str.strip() and the punctuation rule at their edges
 TRICKY = ["", " ", "plain", "ends.", "ends?  ", "\u3000wide space\u3000", "\x1cfile sep\x1f", "nbsp\xa0",

@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_RECIPE
 
 from mixtune.cli import main
 from mixtune.mixtures.task_select import collection_pool, select_for_targets, task_targets
@@ -221,6 +222,7 @@ def test_embedding_cache_embeds_each_text_once_and_only_changed_texts(tmp_path: 
     assert select_for_targets(pool, targets, "retrieval", 2, cache_dir=tmp_path / "cache").embedded == 1
 
 
+@pytest.mark.integration
 def test_sentence_vectors_match_sentence_transformers(tmp_path: Path) -> None:
     """Mean pooling + L2 norm as the checkpoint defines it: sentence-transformers computes the same vectors."""
     st = pytest.importorskip("sentence_transformers")
@@ -289,7 +291,7 @@ def test_selected_mixture_trains(collections: dict, repo_root: Path, tmp_path: P
                            "--method", "retrieval", "--out", str(mixture))
     assert code == 0, err
     out = tmp_path / "run"
-    assert main(["train", str(repo_root / "recipes" / "tiny_causal.yaml"), f"data.mixture={mixture}",
+    assert main(["train", str(TINY_RECIPE), f"data.mixture={mixture}",
                  "training.max_steps=2", "training.save_steps=2", "training.per_device_batch_size=2",
                  "data.max_length=64", "data.max_source_length=48", f"output_dir={out}"]) == 0
     info = json.loads((out / "final" / "mixtune_run.json").read_text())

@@ -4,11 +4,11 @@ position); `mixture show` prints every stage and `mixture build` writes them in 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
+from conftest import TINY_RECIPE
 
 from mixtune.cli import main
 from mixtune.errors import ConfigError
@@ -110,7 +110,7 @@ def test_a_run_resumed_inside_stage_two_ends_like_the_straight_run(tmp_path):
     from mixtune.train.run import run_training
     from mixtune.train.task_losses import read_losses
 
-    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "tiny_causal.yaml").read_text())
+    recipe = yaml.safe_load(TINY_RECIPE.read_text())
     text = TWO_STAGES.replace("fraction: 0.3", "examples: 8").replace("fraction: 0.7", "examples: 56")
     recipe["data"]["mixture"] = yaml.safe_load(text.replace("total_examples: 500\n", ""))
     path = tmp_path / "staged.yaml"

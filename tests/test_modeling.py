@@ -6,14 +6,11 @@ import logging
 
 import pytest
 import torch
+from conftest import TINY_LLAMA, TINY_T5
 
 from mixtune.config import validate
 from mixtune.errors import ConfigError
 from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer, load_tokenizer
-
-LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2}
-T5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 2, "num_heads": 4}
 
 
 def test_minilm_tokenizer_special_ids() -> None:
@@ -25,7 +22,7 @@ def test_minilm_tokenizer_special_ids() -> None:
 
 def test_tiny_causal_from_config() -> None:
     torch.manual_seed(0)
-    model, tok, kind = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    model, tok, kind = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
     assert kind == "causal"
     assert model.config.vocab_size == len(tok) == model.get_input_embeddings().num_embeddings
     assert model.config.pad_token_id == tok.pad_token_id == 0
@@ -36,7 +33,7 @@ def test_tiny_causal_from_config() -> None:
 
 def test_generate_stops_at_eos() -> None:
     torch.manual_seed(0)
-    model, tok, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
     # Make the head always prefer EOS: zero weights, a bias towards EOS.
     head = torch.nn.Linear(model.config.hidden_size, len(tok), bias=True)
     with torch.no_grad():
@@ -52,7 +49,7 @@ def test_generate_stops_at_eos() -> None:
 
 def test_tiny_seq2seq_from_config() -> None:
     torch.manual_seed(0)
-    model, tok, kind = load_model_and_tokenizer(ModelConfig(config=T5, dtype="bf16"))
+    model, tok, kind = load_model_and_tokenizer(ModelConfig(config=TINY_T5, dtype="bf16"))
     assert kind == "seq2seq"
     assert model.dtype == torch.bfloat16
     assert model.config.decoder_start_token_id == tok.pad_token_id == 0
@@ -65,20 +62,20 @@ def test_tiny_seq2seq_from_config() -> None:
 
 def test_kind_mismatch_and_source_errors() -> None:
     with pytest.raises(ConfigError, match="model.kind"):
-        load_model_and_tokenizer(ModelConfig(config=LLAMA, kind="seq2seq"))
+        load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, kind="seq2seq"))
     with pytest.raises(ConfigError, match="exactly one"):
-        validate(ModelConfig, {"name_or_path": "x", "config": LLAMA}, "r.yaml")
+        validate(ModelConfig, {"name_or_path": "x", "config": TINY_LLAMA}, "r.yaml")
     with pytest.raises(ConfigError, match="exactly one"):
         validate(ModelConfig, {}, "r.yaml")
     with pytest.raises(ConfigError, match="unknown key"):
-        validate(ModelConfig, {"config": LLAMA, "loar": {"r": 4}}, "r.yaml")
+        validate(ModelConfig, {"config": TINY_LLAMA, "loar": {"r": 4}}, "r.yaml")
     with pytest.raises(ConfigError, match="model.name_or_path"):
         load_model_and_tokenizer(ModelConfig(name_or_path="/nonexistent/model-dir"))
 
 
 def test_save_load_round_trip(tmp_path) -> None:
     torch.manual_seed(0)
-    model, tok, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, chat_template="default"))
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, chat_template="default"))
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
@@ -97,7 +94,7 @@ def test_save_load_round_trip(tmp_path) -> None:
 
 
 def test_lora_only_adapters_trainable() -> None:
-    model, _, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"r": 4, "alpha": 8}))
+    model, _, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, lora={"r": 4, "alpha": 8}))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     # every linear projection of the layers got an adapter ('all-linear'), the head did not
@@ -105,13 +102,14 @@ def test_lora_only_adapters_trainable() -> None:
     assert not any("lm_head" in n for n in trainable)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("tied", [False, True])
 def test_lora_trains_the_rows_of_added_chat_markers(tied: bool, tokenizer_source: str) -> None:
     """LoRA freezes the embeddings; the default chat template's new markers must not keep random rows."""
     from mixtune.train.modeling import chat_marker_ids
 
     torch.manual_seed(0)
-    model, tok, _ = load_model_and_tokenizer(ModelConfig(config={**LLAMA, "tie_word_embeddings": tied},
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(config={**TINY_LLAMA, "tie_word_embeddings": tied},
                                                          chat_template="default", lora={"r": 4, "alpha": 8},
                                                          tokenizer=tokenizer_source))
     markers = chat_marker_ids(tok)
@@ -134,18 +132,18 @@ def test_lora_trains_the_rows_of_added_chat_markers(tied: bool, tokenizer_source
                           (merged.get_output_embeddings().weight, before_out)):
         changed = (after - before).abs().sum(-1) > 0
         assert changed[markers].all() and changed.sum() == len(markers)
-    plain, _, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"r": 4, "alpha": 8},
+    plain, _, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, lora={"r": 4, "alpha": 8},
                                                         tokenizer=tokenizer_source))
     assert all("lora_" in n for n, p in plain.named_parameters() if p.requires_grad)  # no markers, no extra rows
 
 
 def test_lora_bad_targets() -> None:
     with pytest.raises(ConfigError, match="target_modules"):
-        load_model_and_tokenizer(ModelConfig(config=LLAMA, lora={"target_modules": ["no_such_proj"]}))
+        load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, lora={"target_modules": ["no_such_proj"]}))
 
 
 def test_gradient_checkpointing_enabled_and_trains() -> None:
-    model, _, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, gradient_checkpointing=True))
+    model, _, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, gradient_checkpointing=True))
     assert model.is_activation_checkpointing
     model.train()
     ids = torch.tensor([[101, 2054, 2003, 102]])
@@ -154,7 +152,7 @@ def test_gradient_checkpointing_enabled_and_trains() -> None:
 
 
 def test_chat_template_default_adds_markers() -> None:
-    _, tok, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA, chat_template="default"))
+    _, tok, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, chat_template="default"))
     from mixtune.encodings import DEFAULT_END_OF_TURN
 
     eot = tok.convert_tokens_to_ids(DEFAULT_END_OF_TURN)
@@ -163,7 +161,7 @@ def test_chat_template_default_adds_markers() -> None:
 
 
 def test_trust_remote_code_warns(tmp_path) -> None:
-    model, tok, _ = load_model_and_tokenizer(ModelConfig(config=LLAMA))
+    model, tok, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with pytest.warns(UserWarning, match="trust_remote_code"):
@@ -185,7 +183,7 @@ def test_init_from_warm_starts_matching_tensors() -> None:
     assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
                        minilm["encoder.layer.0.attention.self.query.weight"])
     with pytest.raises(ConfigError, match="model.init_from"):
-        load_model_and_tokenizer(ModelConfig(config=LLAMA, init_from="minilm"))  # nothing matches
+        load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, init_from="minilm"))  # nothing matches
     with pytest.raises(ConfigError, match="init_from"):
         validate(ModelConfig, {"name_or_path": "x", "init_from": "minilm"}, "r.yaml")
 
@@ -270,7 +268,7 @@ def test_warm_start_passes_on_the_load_report_when_a_checkpoint_differs_unexpect
 
 def test_encoder_decoder_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
-        validate(ModelConfig, {"config": T5, "encoder_decoder": ENC_DEC}, "r.yaml")
+        validate(ModelConfig, {"config": TINY_T5, "encoder_decoder": ENC_DEC}, "r.yaml")
     with pytest.raises(ConfigError, match="seq2seq"):
         validate(ModelConfig, {"encoder_decoder": ENC_DEC, "kind": "causal"}, "r.yaml")
     with pytest.raises(ConfigError, match="model.encoder_decoder.encoder"):
@@ -278,6 +276,7 @@ def test_encoder_decoder_config_errors(tmp_path) -> None:
                                              tokenizer="minilm"))
 
 
+@pytest.mark.integration
 def test_encoder_decoder_trains_saves_and_reloads(tmp_path) -> None:
     """Two Seq2SeqTrainer steps through mixtune's collator, saved by the Trainer (safetensors), reloaded by
     name_or_path: same weights (tied head included) and the same greedy generations."""
@@ -343,5 +342,5 @@ def test_missing_attention_kernel_is_a_config_error() -> None:
     if importlib.util.find_spec("flash_attn") is not None:
         pytest.skip("flash-attn is installed here")
     with pytest.raises(ConfigError) as e:
-        load_model_and_tokenizer(ModelConfig(config=LLAMA, attn_implementation="flash_attention_2"))
+        load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA, attn_implementation="flash_attention_2"))
     assert e.value.field == "model.attn_implementation" and "not available" in str(e.value)

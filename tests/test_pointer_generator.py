@@ -46,6 +46,7 @@ def test_output_is_a_distribution_that_can_only_copy_when_the_gate_says_copy() -
     assert probs[1][:, tok.pad_token_id].max() < 1e-20  # the second prompt's padding is never copied
 
 
+@pytest.mark.integration
 def test_learns_to_copy_far_sooner_than_the_plain_softmax_head() -> None:
     """Same warm start, same data, same steps: a copy task whose words the model has never seen as outputs."""
     import random
@@ -73,6 +74,7 @@ def test_learns_to_copy_far_sooner_than_the_plain_softmax_head() -> None:
     assert final[True] < 0.5 * final[False], final
 
 
+@pytest.mark.integration
 def test_trains_saves_reloads_and_generates_the_same(tmp_path) -> None:
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
@@ -128,6 +130,7 @@ def test_clear_errors() -> None:
         PointerGeneratorModel(encoder=enc, decoder=dec)
 
 
+@pytest.mark.integration
 def test_bf16_weights_and_bf16_autocast() -> None:
     """dtype: bf16 puts the copy head in bf16 with the rest; the mixture itself is computed in float32."""
     torch.manual_seed(0)

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RECIPE
 from safetensors.torch import load_file
 
 from mixtune.errors import ConfigError
 from mixtune.recipe import load_recipe
 from mixtune.train.nan_guard import NanGuardCallback, NonFiniteLossError
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "recipes" / "tiny_causal.yaml"
 
 
 def _trainer(tmp_path: Path, precision: str):
@@ -23,7 +21,7 @@ def _trainer(tmp_path: Path, precision: str):
     from mixtune.train.run import plan_for
     from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 
-    recipe = load_recipe(TINY, [f"output_dir={tmp_path / 'run'}", f"training.precision={precision}",
+    recipe = load_recipe(TINY_RECIPE, [f"output_dir={tmp_path / 'run'}", f"training.precision={precision}",
                                 "training.per_device_batch_size=2", "data.max_length=64", "logging.wandb=disabled"])
     plan = plan_for(recipe)
     torch.manual_seed(0)
@@ -35,6 +33,7 @@ def _trainer(tmp_path: Path, precision: str):
     return trainer, model
 
 
+@pytest.mark.integration
 def test_bf16_autocasts_over_fp32_master_weights(tmp_path) -> None:
     trainer, model = _trainer(tmp_path, "bf16")
     assert trainer.args.bf16 and not trainer.args.fp16
@@ -48,6 +47,7 @@ def test_bf16_autocasts_over_fp32_master_weights(tmp_path) -> None:
     assert {t.dtype for t in load_file(str(tmp_path / "saved" / "model.safetensors")).values()} == {torch.float32}
 
 
+@pytest.mark.integration
 def test_fp16_precision_trains_on_cpu(tmp_path) -> None:
     """fp16 on CPU: accelerate runs it without a scaler (no CPU fp16 AMP there); weights stay fp32."""
     trainer, model = _trainer(tmp_path, "fp16")
@@ -65,7 +65,7 @@ def _guard_setup():
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
     from mixtune.train.run import plan_for
 
-    plan = plan_for(load_recipe(TINY, ["output_dir=unused"]))
+    plan = plan_for(load_recipe(TINY_RECIPE, ["output_dir=unused"]))
     torch.manual_seed(0)
     model, tok, _ = load_model_and_tokenizer(ModelConfig(config={
         "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
@@ -124,16 +124,16 @@ def test_overflow_after_overflow_is_divergence() -> None:
 ])
 def test_storage_dtype_and_precision_must_agree(overrides, field) -> None:
     with pytest.raises(ConfigError) as e:
-        load_recipe(TINY, overrides)
+        load_recipe(TINY_RECIPE, overrides)
     assert e.value.field == field and "tiny_causal.yaml" in e.value.render()
-    load_recipe(TINY, ["model.dtype=bf16", "training.precision=bf16", "model.lora.r=4"])  # a bf16 LoRA base is fine
+    load_recipe(TINY_RECIPE, ["model.dtype=bf16", "training.precision=bf16", "model.lora.r=4"])  # a bf16 LoRA base is fine
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_deepspeed_presets_follow_training_precision(precision, tmp_path) -> None:
     from mixtune.train.trainer import build_training_arguments
 
-    recipe = load_recipe(TINY, ["distributed.deepspeed=zero2", f"training.precision={precision}",
+    recipe = load_recipe(TINY_RECIPE, ["distributed.deepspeed=zero2", f"training.precision={precision}",
                                 f"output_dir={tmp_path}"])
     config = build_training_arguments(recipe, max_steps=2, kind="causal").hf_deepspeed_config.config
     assert (config["bf16"]["enabled"], config["fp16"]["enabled"]) == (precision == "bf16", precision == "fp16")

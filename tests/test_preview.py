@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_RECIPE
 
 from mixtune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-CAUSAL = REPO / "recipes" / "tiny_causal.yaml"
 SEQ2SEQ = REPO / "recipes" / "tiny_seq2seq.yaml"
 
 
@@ -43,11 +42,11 @@ def test_causal_prompts_end_with_the_cue_and_labels_hold_the_completion(capsys, 
     from mixtune.train.run import plan_for
 
     overrides = ["data.max_source_length=40", f"model.tokenizer={tokenizer_source}"]
-    previews = _preview(capsys, CAUSAL, *overrides, "--n", "6")
+    previews = _preview(capsys, TINY_RECIPE, *overrides, "--n", "6")
     assert [set(p) for p in previews] == [{"task", "input_text", "label_text", "num_tokens", "num_label_tokens",
                                            "truncated"}] * 6
     tok = load_tokenizer(tokenizer_source)
-    plan = plan_for(load_recipe(CAUSAL, overrides))
+    plan = plan_for(load_recipe(TINY_RECIPE, overrides))
     for i, p in enumerate(previews):
         example = plan.example(i)
         assert p["task"] == example["task"]
@@ -68,7 +67,7 @@ def test_seq2seq_preview_follows_the_tk_instruct_rule(capsys, no_weights):
 
 
 def test_text_view_marks_trained_tokens_and_packed_rows(capsys, no_weights):
-    assert main(["recipe", "preview", str(CAUSAL), "data.packing=true", "data.max_length=400",
+    assert main(["recipe", "preview", str(TINY_RECIPE), "data.packing=true", "data.max_length=400",
                  "training.per_device_batch_size=4", "--n", "4"]) == 0
     out = capsys.readouterr().out
     assert out.count("⟦") == 4 and out.count("⟧") == 4

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, TINY_RECIPE
 
 from mixtune.errors import ConfigError
 from mixtune.recipe import load_recipe
 from mixtune.train.deepspeed import PRESETS, deepspeed_config, zero_stage
 from mixtune.train.launch import launch_command
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "recipes" / "tiny_causal.yaml"
 
 
 def _write(tmp_path: Path, data: dict, name: str = "r.yaml") -> Path:
@@ -64,12 +62,12 @@ def test_unknown_key_names_file_field_and_suggestion(tmp_path: Path) -> None:
 
 def test_unknown_override_key_is_an_error() -> None:
     with pytest.raises(ConfigError, match="did you mean 'per_device_batch_size'"):
-        load_recipe(TINY, ["training.per_device_batchsize=4"])
+        load_recipe(TINY_RECIPE, ["training.per_device_batchsize=4"])
 
 
 def test_wrong_type_from_an_override_names_the_command_line() -> None:
     with pytest.raises(ConfigError) as e:
-        load_recipe(TINY, ["training.max_steps=many"])
+        load_recipe(TINY_RECIPE, ["training.max_steps=many"])
     text = str(e.value)
     assert "command-line override 'training.max_steps=many'" in text and "field 'training.max_steps'" in text
     assert "tiny_causal.yaml" not in text  # the file is fine: the command line is not
@@ -78,16 +76,16 @@ def test_wrong_type_from_an_override_names_the_command_line() -> None:
 def test_override_typo_names_the_command_line_and_a_file_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^command-line override 'traning.max_steps=3': field 'traning': "
                                           r"unknown key \(did you mean 'training'\?\)"):
-        load_recipe(TINY, ["traning.max_steps=3"])
+        load_recipe(TINY_RECIPE, ["traning.max_steps=3"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.read_text().replace("max_steps:", "max_step:"))
+    bad.write_text(TINY_RECIPE.read_text().replace("max_steps:", "max_step:"))
     with pytest.raises(ConfigError, match=f"^{bad}: field 'training.max_step'"):
         load_recipe(bad, ["training.learning_rate=1e-4"])
 
 
 def test_unknown_preset_message_reads_as_a_sentence() -> None:
     with pytest.raises(ConfigError) as e:
-        load_recipe(TINY, ["distributed.deepspeed=zero4"])
+        load_recipe(TINY_RECIPE, ["distributed.deepspeed=zero4"])
     text = str(e.value)
     assert "unknown DeepSpeed preset 'zero4' (did you mean 'zero3' or 'zero2'?); give a preset (zero2, zero3, " \
            "zero3_offload) or a path to a .json file" in text
@@ -96,12 +94,12 @@ def test_unknown_preset_message_reads_as_a_sentence() -> None:
 
 def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match="key=value"):
-        load_recipe(TINY, ["training.max_steps"])
+        load_recipe(TINY_RECIPE, ["training.max_steps"])
 
 
 def test_bad_deepspeed_preset_suggests_a_preset() -> None:
     with pytest.raises(ConfigError) as e:
-        load_recipe(TINY, ["distributed.deepspeed=zero4"])
+        load_recipe(TINY_RECIPE, ["distributed.deepspeed=zero4"])
     assert "distributed.deepspeed" in str(e.value) and "zero3" in str(e.value)
 
 
@@ -136,34 +134,34 @@ def test_preset_files_equal_the_canonical_presets() -> None:
 
 
 def test_print_launch_commands() -> None:
-    one = load_recipe(TINY)
+    one = load_recipe(TINY_RECIPE)
     assert launch_command(one, "r.yaml") == "mixtune train r.yaml"
-    acc = load_recipe(TINY, ["distributed.processes_per_node=8"])
+    acc = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=8"])
     assert launch_command(acc, "r.yaml", ["training.max_steps=5"]) == \
         "accelerate launch --num_processes 8 -m mixtune train r.yaml training.max_steps=5"
-    multi = load_recipe(TINY, ["distributed.processes_per_node=8", "distributed.nodes=2"])
+    multi = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=8", "distributed.nodes=2"])
     cmd = launch_command(multi, "r.yaml")
     assert "--num_processes 16 --num_machines 2 --machine_rank $NODE_RANK" in cmd
-    ds = load_recipe(TINY, ["distributed.processes_per_node=4", "distributed.nodes=2", "distributed.launcher=deepspeed"])
+    ds = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=4", "distributed.nodes=2", "distributed.launcher=deepspeed"])
     assert launch_command(ds, "r.yaml") == ("deepspeed --hostfile hostfile --num_nodes 2 --num_gpus 4 --no_local_rank "
                                             "--module mixtune train r.yaml")
-    tr = load_recipe(TINY, ["distributed.processes_per_node=4", "distributed.launcher=torchrun"])
+    tr = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=4", "distributed.launcher=torchrun"])
     assert launch_command(tr, "r.yaml") == "torchrun --nproc_per_node 4 -m mixtune train r.yaml"
 
 
 def test_cli_print_launch(capsys: pytest.CaptureFixture[str]) -> None:
     from mixtune.cli import main
 
-    assert main(["train", str(TINY), "distributed.processes_per_node=2", "--print-launch"]) == 0
+    assert main(["train", str(TINY_RECIPE), "distributed.processes_per_node=2", "--print-launch"]) == 0
     assert capsys.readouterr().out.strip().startswith("accelerate launch --num_processes 2 -m mixtune train")
     # the local rank argument deepspeed's launcher passes before the subcommand is accepted
-    assert main(["--local_rank=0", "train", str(TINY), "--print-launch"]) == 0
+    assert main(["--local_rank=0", "train", str(TINY_RECIPE), "--print-launch"]) == 0
 
 
 def test_cli_reports_recipe_errors(capsys: pytest.CaptureFixture[str]) -> None:
     from mixtune.cli import main
 
-    assert main(["train", str(TINY), "training.epohcs=2"]) == 2
+    assert main(["train", str(TINY_RECIPE), "training.epohcs=2"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err
 
 
@@ -181,7 +179,7 @@ def test_accelerate_launch_without_use_deepspeed_on_cpu_says_how_to_launch(tmp_p
         pytest.skip("the CPU-only launch path")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "mixtune", "train",
-           str(TINY), "distributed.deepspeed=zero2", "training.max_steps=1", f"output_dir={tmp_path / 'run'}"]
+           str(TINY_RECIPE), "distributed.deepspeed=zero2", "training.max_steps=1", f"output_dir={tmp_path / 'run'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode != 0
     assert "mpi4py" not in done.stderr

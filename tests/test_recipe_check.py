@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, TINY_RECIPE
 
 from mixtune.cli import main
 from mixtune.recipe_cli import check_recipe
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 GPU_RECIPES = [REPO / "recipes" / n for n in
                ("tk_instruct_3b.yaml", "llama31_8b_zero3.yaml", "llama31_8b_lora.yaml", "multinode_zero3.yaml")]
@@ -41,7 +41,7 @@ def _write(folder: Path, name: str, data: dict) -> Path:
 
 
 def _tiny_recipe(mixture: object, **extra: object) -> dict:
-    recipe = yaml.safe_load((REPO / "recipes" / "tiny_causal.yaml").read_text(encoding="utf-8"))
+    recipe = yaml.safe_load((TINY_RECIPE).read_text(encoding="utf-8"))
     recipe["data"]["mixture"] = mixture
     recipe.update(extra)
     return recipe
@@ -161,12 +161,13 @@ def test_incompatible_model_settings_fail(tmp_path, change, field) -> None:
 
 def test_one_bad_recipe_among_good_ones_exits_nonzero(tmp_path, capsys) -> None:
     bad = _write(tmp_path, "bad.yaml", _tiny_recipe("missing.yaml"))
-    rc = main(["recipe", "check", str(REPO / "recipes" / "tiny_causal.yaml"), str(bad), "--no-plan"])
+    rc = main(["recipe", "check", str(TINY_RECIPE), str(bad), "--no-plan"])
     out = capsys.readouterr().out.splitlines()
     assert rc == 1
     assert out[0].startswith("OK") and out[1].startswith("FAIL") and out[-1] == "1 of 2 recipes OK"
 
 
+@pytest.mark.integration
 def test_console_script_runs_on_shipped_recipes(tmp_path) -> None:
     """The command as CI runs it: `mixtune recipe check recipes/*.yaml`, exit 0."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MIXTUNE_CACHE": str(tmp_path / "mc")}

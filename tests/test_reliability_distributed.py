@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE
 from safetensors.torch import load_file
 
 from mixtune.train.checkpoint import MARKER, latest_complete, list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = str(REPO / "recipes" / "tiny_causal.yaml")
+RECIPE = str(TINY_RECIPE)
 SETTINGS = ["training.max_steps=4", "training.save_steps=2", "training.save_total_limit=null",
             "training.logging_steps=1", "training.per_device_batch_size=2", "data.max_length=64",
             "data.max_source_length=48"]

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_RECIPE
 
 from mixtune.cli import main
 from mixtune.limits import MAX_DEPTH
 
-REPO = Path(__file__).resolve().parents[1]
-CAUSAL = str(REPO / "recipes" / "tiny_causal.yaml")
+CAUSAL = str(TINY_RECIPE)
 
 
 def _error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import REPO
 
 from mixtune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 MIXTURE = str(REPO / "data_mixtures" / "superni_sample.yaml")
 SMALL = ["epochs=null", "total_examples=300"]
 
@@ -122,6 +122,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_eval_killed_mid_generation_resumes(tiny_llama_dir: Path, uninterrupted: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     script = "\n".join([
@@ -149,6 +150,7 @@ def test_eval_killed_mid_generation_resumes(tiny_llama_dir: Path, uninterrupted:
     assert _lines(out / "predictions.jsonl") == _lines(uninterrupted / "predictions.jsonl")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", ["predictions.jsonl", "metrics.json"])
 def test_disk_full_during_eval_outputs(tiny_llama_dir: Path, uninterrupted: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, target: str,

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RECIPE
 
 from mixtune.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-CAUSAL = str(REPO / "recipes" / "tiny_causal.yaml")
+CAUSAL = str(TINY_RECIPE)
 
 @pytest.mark.parametrize("value", ["''", "'  '"])
 def test_empty_output_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,

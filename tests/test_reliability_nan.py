@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RECIPE
 from transformers import TrainerCallback
 
 from mixtune.train.nan_guard import NanGuardCallback, NonFiniteLossError
 
-REPO = Path(__file__).resolve().parents[1]
 POISONED_STEP = 3
 STEPS = 5
 
@@ -39,7 +39,7 @@ def _train(tmp_path: Path, policy: str | None) -> tuple[torch.nn.Module, NanGuar
     from mixtune.train.run import plan_for
     from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 
-    recipe = load_recipe(REPO / "recipes/tiny_causal.yaml", [
+    recipe = load_recipe(TINY_RECIPE, [
         f"output_dir={tmp_path / 'run'}", "training.save_steps=1000", "training.logging_steps=1",
         "training.on_nan=skip", "training.per_device_batch_size=2", "data.max_length=64",
         "data.max_source_length=48"])
@@ -64,6 +64,7 @@ def _finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+@pytest.mark.integration
 def test_stop_names_step_and_tasks_before_the_update(tmp_path: Path) -> None:
     model, guard, trainer, g_batch = _train(tmp_path, "stop")
     with pytest.raises(NonFiniteLossError) as err:
@@ -79,6 +80,7 @@ def test_stop_names_step_and_tasks_before_the_update(tmp_path: Path) -> None:
     assert _finite(model)
 
 
+@pytest.mark.integration
 def test_skip_drops_the_step_and_training_goes_on(tmp_path: Path) -> None:
     model, guard, trainer, _ = _train(tmp_path, "skip")
     trainer.train()
@@ -87,6 +89,7 @@ def test_skip_drops_the_step_and_training_goes_on(tmp_path: Path) -> None:
     assert _finite(model)
 
 
+@pytest.mark.integration
 def test_without_the_guard_the_weights_are_ruined(tmp_path: Path) -> None:
     """The control: the same poisoned step, unguarded, corrupts the model (so the tests above can fail)."""
     model, _, trainer, _ = _train(tmp_path, None)
@@ -94,6 +97,7 @@ def test_without_the_guard_the_weights_are_ruined(tmp_path: Path) -> None:
     assert not _finite(model)
 
 
+@pytest.mark.integration
 def test_too_many_skips_in_a_row_stop(tmp_path: Path) -> None:
     model, guard, trainer, _ = _train(tmp_path, "skip")
     guard.max_consecutive_skips = 0
@@ -112,19 +116,20 @@ def test_mixtune_train_stops_on_divergence(tmp_path: Path, capsys: pytest.Captur
     from mixtune.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", str(REPO / "recipes/tiny_causal.yaml"), f"output_dir={out}", *DIVERGE]) == 2
+    assert main(["train", str(TINY_RECIPE), f"output_dir={out}", *DIVERGE]) == 2
     err = capsys.readouterr().err
     assert "NaN/inf at step 2" in err and "training.on_nan" in err and "the batch's tasks" in err
     assert not (out / "final").exists()
 
 
+@pytest.mark.integration
 def test_mixtune_train_skips_on_divergence(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from mixtune.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", str(REPO / "recipes/tiny_causal.yaml"), f"output_dir={out}", *DIVERGE,
+    assert main(["train", str(TINY_RECIPE), f"output_dir={out}", *DIVERGE,
                  "training.on_nan=skip"]) == 0
     weights = load_file(str(out / "final" / "model.safetensors"))
     assert all(bool(torch.isfinite(w).all()) for w in weights.values())

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO, TINY_RECIPE
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = "0123456789abcdef0123456789abcdef0badf00d"
 
 
@@ -20,7 +20,7 @@ def test_a_secret_in_the_run_name_reaches_no_output(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_API_KEY": KEY, "WANDB_MODE": "offline",
            "WANDB_DIR": str(out), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-m", "mixtune", "-v", "train", str(REPO / "recipes" / "tiny_causal.yaml"),
+    done = subprocess.run([sys.executable, "-m", "mixtune", "-v", "train", str(TINY_RECIPE),
                            f"output_dir={out}", "logging.wandb=offline", f"logging.run_name=try-{KEY}",
                            "training.max_steps=2", "training.save_steps=2", "training.per_device_batch_size=2",
                            "training.logging_steps=1"],

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE
 from safetensors.torch import load_file
 
 from mixtune.train.checkpoint import MARKER
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
-CAUSAL = str(REPO / "recipes" / "tiny_causal.yaml")
+CAUSAL = str(TINY_RECIPE)
 SEQ2SEQ = str(REPO / "recipes" / "tiny_seq2seq.yaml")
 FAST = ["training.per_device_batch_size=2", "data.max_length=64", "data.max_source_length=48",
         "training.logging_steps=1"]

@@ -9,13 +9,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import TINY_LLAMA
 
 from mixtune.cli import main
 from mixtune.config import apply_overrides, load_yaml
 from mixtune.errors import ConfigError, DataError, MixtuneError
 
-TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+#: One layer and a 64-token context: enough for the safety checks, quick to save and load.
+SHORT_LLAMA = {**TINY_LLAMA, "num_hidden_layers": 1, "max_position_embeddings": 64}
 
 
 def _evil(marker: Path) -> list[str]:
@@ -150,13 +151,13 @@ def test_trust_remote_code_is_off_by_default(tmp_path: Path) -> None:
 def test_trust_remote_code_warns_when_turned_on() -> None:
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
-    cfg = ModelConfig(config=TINY_LLAMA, trust_remote_code=True)
+    cfg = ModelConfig(config=SHORT_LLAMA, trust_remote_code=True)
     with pytest.warns(UserWarning, match="trust_remote_code"):
         load_model_and_tokenizer(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         try:
-            load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
+            load_model_and_tokenizer(ModelConfig(config=SHORT_LLAMA))
         except UserWarning as w:  # another library's warning is fine, mixtune's must not appear
             assert "trust_remote_code" not in str(w)
 
@@ -172,7 +173,7 @@ class _Evil:
 def test_pickled_weights_are_never_loaded(tmp_path: Path) -> None:
     from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 
-    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
+    model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=SHORT_LLAMA))
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

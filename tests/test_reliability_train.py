@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RECIPE
 from safetensors.torch import load_file
 
 from mixtune.cli import main
 from mixtune.train.checkpoint import MARKER, latest_complete, list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = str(REPO / "recipes" / "tiny_causal.yaml")
+RECIPE = str(TINY_RECIPE)
 SETTINGS = ["training.max_steps=6", "training.save_steps=2", "training.save_total_limit=null",
             "training.logging_steps=1", "training.per_device_batch_size=2", "data.max_length=64",
             "data.max_source_length=48"]
@@ -47,6 +47,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_secrets_never_reach_any_output(reference: Path) -> None:
     files = [p for p in reference.rglob("*") if p.is_file()]
     assert (reference / "final" / "mixtune_run.json") in files and len(files) > 20
@@ -104,6 +105,7 @@ ckpt.atomic_write_text = _write
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("patch", [KILL_AFTER_WEIGHTS, KILL_BEFORE_MARKER], ids=["after-weights", "before-marker"])
 def test_killed_mid_checkpoint_resumes_from_the_previous_one(reference: Path, tmp_path: Path, patch: str) -> None:
     out = tmp_path / "run"
@@ -123,6 +125,7 @@ def test_killed_mid_checkpoint_resumes_from_the_previous_one(reference: Path, tm
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.integration
 def test_disk_full_during_checkpoint_save(reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture) -> None:
     from transformers import Trainer

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, TINY_LLAMA, TINY_T5, trainer_logged_losses
 
 from mixtune.cli import main
 from mixtune.mixtures.spec import load_mixture
 from mixtune.recipe import load_recipe
 from mixtune.train.deepspeed import deepspeed_config, zero_stage
 from mixtune.train.launch import launch_command
+from mixtune.train.task_losses import read_losses
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 LAUNCH = RECIPES / "launch"
 SPLITS = REPO / "mixtune" / "data" / "superni" / "splits" / "default"
@@ -262,10 +263,9 @@ def test_chat_mixture_holds_both_encodings_once_per_instance() -> None:
 
 # --- the GPU recipes' settings train together: each recipe on CPU, only the model swapped for a tiny one ---
 
-_TINY_MODELS = {
-    "causal": "{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
-              "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 2048}",
-    "seq2seq": "{model_type: t5, d_model: 32, d_ff: 64, d_kv: 8, num_heads: 4, num_layers: 2, num_decoder_layers: 2}",
+_TINY_MODELS = {  # YAML flow mappings (JSON is YAML) for `model.config=...`
+    "causal": json.dumps({**TINY_LLAMA, "max_position_embeddings": 2048}),
+    "seq2seq": json.dumps(TINY_T5),
 }
 
 
@@ -282,7 +282,7 @@ def test_recipe_trains_on_cpu_with_a_tiny_model(name, tmp_path, monkeypatch) -> 
         f"data.mixture={REPO / 'data_mixtures' / 'superni_sample.yaml'}",
         "distributed.deepspeed=null", "distributed.processes_per_node=1", "eval=null", "logging.wandb=disabled",
         "logging.progress_bar=false", "training.max_steps=2", "training.per_device_batch_size=4",
-        "training.gradient_accumulation_steps=1", f"output_dir={tmp_path / 'run'}",
+        "training.gradient_accumulation_steps=1", "training.logging_steps=1", f"output_dir={tmp_path / 'run'}",
     ]
     if shipped.model.chat_template == "tokenizer":  # the tiny model's tokenizer has no chat template of its own
         overrides.append("model.chat_template=default")
@@ -290,7 +290,17 @@ def test_recipe_trains_on_cpu_with_a_tiny_model(name, tmp_path, monkeypatch) -> 
     if full_finetuning:  # without DeepSpeed's fp32 master copy, full fine-tuning keeps fp32 weights
         overrides.append("model.dtype=fp32")
     assert main(["train", str(path), *overrides]) == 0
-    run = json.loads((tmp_path / "run" / "final" / "mixtune_run.json").read_text(encoding="utf-8"))
+    # it trained: two logged steps whose loss (the Trainer's, from the model) is finite, equals the per-task loss
+    # mixtune computes from the same forward's logits, and starts near ln(vocabulary): a random model's guess
+    out = tmp_path / "run"
+    lines, logged = read_losses(out), trainer_logged_losses(out)
+    assert [x["step"] for x in lines] == sorted(logged) == [1, 2]
+    vocab = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    for line in lines:
+        assert math.isfinite(logged[line["step"]]) and line["tokens"] > 0
+        assert abs(line["loss"] - logged[line["step"]]) < 1e-3  # agree to ~1e-6 in practice (bf16 autocast)
+    assert abs(logged[1] - math.log(vocab)) < 0.1 * math.log(vocab), (logged, vocab)
+    run = json.loads((out / "final" / "mixtune_run.json").read_text(encoding="utf-8"))
     trained = run["recipe"]
     assert trained["data"]["packing"] == shipped.data.packing
     assert trained["data"]["max_source_length"] == shipped.data.max_source_length

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE, trainer_logged_losses
 
 from mixtune.recipe import load_recipe
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator
@@ -19,8 +20,6 @@ from mixtune.train.packing import PackingCollator
 from mixtune.train.run import run_training
 from mixtune.train.task_losses import TaskLossCallback, read_losses, token_task_ids, trained_token_losses
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "recipes" / "tiny_causal.yaml"
 # global batch 8 = 4 per device x 2 accumulation (one process) = 2 x 2 x 2 (two processes)
 SETTINGS = ["data.max_length=64", "training.max_steps=2", "training.save_steps=2", "training.logging_steps=1",
             "training.gradient_accumulation_steps=2"]
@@ -38,20 +37,10 @@ def _check_line(line: dict) -> None:
     assert len(line["per_task"]) >= len(line["per_category"]) >= 1
 
 
-def _trainer_losses(out: Path) -> dict[int, float]:
-    """step -> the loss the Trainer logged (train.log)."""
-    found = {}
-    for text in (out / "train.log").read_text().splitlines():
-        if " step " in text and ": {" in text and '"loss"' in text:
-            step = int(text.split(" step ", 1)[1].split(":", 1)[0])
-            found[step] = json.loads(text.split(": ", 1)[1])["loss"]
-    return found
-
-
 def _check_run(out: Path, steps: int = 2) -> list[dict]:
     lines = read_losses(out)
     assert [x["step"] for x in lines] == list(range(1, steps + 1))
-    logged = _trainer_losses(out)
+    logged = trainer_logged_losses(out)
     for line in lines:
         _check_line(line)
         assert abs(line["loss"] - logged[line["step"]]) < TOL  # logging_steps=1: the same tokens averaged
@@ -73,7 +62,7 @@ def one_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     outs = {}
     for name, extra in {"plain": [], "packed": ["data.packing=true"]}.items():
         outs[name] = root / name
-        run_training(load_recipe(TINY, [*SETTINGS, "training.per_device_batch_size=4", *extra,
+        run_training(load_recipe(TINY_RECIPE, [*SETTINGS, "training.per_device_batch_size=4", *extra,
                                         f"output_dir={outs[name]}"]))
     return outs
 
@@ -102,7 +91,7 @@ def test_two_processes_reduce_the_per_task_losses(tmp_path: Path, one_process_ru
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_deepspeed",
-           "--zero_stage", "2", "--main_process_port", str(_port()), "-m", "mixtune", "train", str(TINY),
+           "--zero_stage", "2", "--main_process_port", str(_port()), "-m", "mixtune", "train", str(TINY_RECIPE),
            *SETTINGS, "training.per_device_batch_size=2", "data.packing=true", f"output_dir={out}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
@@ -179,7 +168,7 @@ def test_seq2seq_accumulation_trains_as_one_batch(tmp_path: Path) -> None:
                                   f"training.gradient_accumulation_steps={accumulation}",
                                   "model.config.dropout_rate=0.0", "data.max_source_length=48",
                                   "training.max_grad_norm=0.5", f"output_dir={runs[name]}"]))
-    losses = {name: _trainer_losses(out) for name, out in runs.items()}
+    losses = {name: trainer_logged_losses(out) for name, out in runs.items()}
     assert losses["accumulated"].keys() == losses["one_batch"].keys() == {1, 2}
     for step in (1, 2):
         assert abs(losses["accumulated"][step] - losses["one_batch"][step]) < TOL

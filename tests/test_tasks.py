@@ -36,9 +36,10 @@ def _copy_sample(bundled: Path, dest: Path, names: list[str]) -> Path:
     return dest
 
 
-def _cache_files(root: Path) -> dict[str, int]:
-    """Cached data files and their mtimes (lock files, touched by every open, are not data)."""
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+def _cache_files(root: Path) -> dict[str, tuple[int, int]]:
+    """Cached data files and their (inode, mtime): an atomic rewrite changes the inode even within one mtime
+    tick (lock files, touched by every open, are not data)."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*")
             if p.is_file() and p.suffix != ".lock"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,6 @@ import pytest
 from mixtune.errors import ConfigError
 from mixtune.train import checkpoint as ckpt
 from mixtune.train.data import PositionStream, stream_examples
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint(out: Path, step: int, *, complete: bool) -> Path:
@@ -59,10 +58,40 @@ def test_remove_incomplete_keeps_complete(tmp_path: Path) -> None:
     assert keep.exists() and not drop.exists()
 
 
-def test_marker_is_written_after_state(tmp_path: Path) -> None:
+def test_marker_is_written_after_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files land (os.replace of the atomic writes) state first, marker last."""
+    landed: list[str] = []
+    real_replace = os.replace
+
+    def logging_replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        landed.append(Path(dst).name)
+
+    monkeypatch.setattr(os, "replace", logging_replace)
     folder = _checkpoint(tmp_path, 2, complete=True)
-    assert (folder / ckpt.STATE_FILE).stat().st_mtime_ns <= (folder / ckpt.MARKER).stat().st_mtime_ns
+    assert landed == [ckpt.STATE_FILE, ckpt.MARKER]
     assert not list(folder.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("crash_at", [ckpt.STATE_FILE, ckpt.MARKER])
+def test_a_save_killed_before_its_marker_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        crash_at: str) -> None:
+    """A crash while the state or the marker is written leaves a checkpoint that auto-resume skips."""
+    earlier = _checkpoint(tmp_path, 2, complete=True)
+    real_replace = os.replace
+
+    def crashing_replace(src, dst, *args, **kwargs):
+        if Path(dst).name == crash_at:
+            raise KeyboardInterrupt  # the process dies here (as under SIGINT)
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        _checkpoint(tmp_path, 4, complete=True)
+    monkeypatch.undo()
+    assert not ckpt.is_complete(tmp_path / "checkpoint-4")
+    assert not list((tmp_path / "checkpoint-4").glob(".*.tmp"))  # the interrupted write cleaned up
+    assert ckpt.latest_complete(tmp_path) == earlier == ckpt.resolve_resume("auto", tmp_path)
 
 
 def test_unreadable_state_is_a_clear_error(tmp_path: Path) -> None:

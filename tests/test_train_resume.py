@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "recipes" / "tiny_causal.yaml"
 FAST = ["training.per_device_batch_size=2", "data.max_length=64", "data.max_source_length=48",
         "training.logging_steps=1"]
 
@@ -45,10 +44,10 @@ def _free_port() -> int:
 
 def _train_cmd(processes: int, *args: str) -> list[str]:
     if processes == 1:
-        return [sys.executable, "-m", "mixtune", "train", str(TINY), *FAST, *args]
+        return [sys.executable, "-m", "mixtune", "train", str(TINY_RECIPE), *FAST, *args]
     # torchrun: on a machine without GPUs `accelerate launch` starts several processes only with DeepSpeed
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_port", str(_free_port()), "-m", "mixtune", "train", str(TINY), *FAST, *args]
+            "--master_port", str(_free_port()), "-m", "mixtune", "train", str(TINY_RECIPE), *FAST, *args]
 
 
 def _run(cmd: list[str], log: Path) -> None:

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY_RECIPE, trainer_logged_losses
 
 from mixtune.errors import HeldOutError
 from mixtune.recipe import load_recipe
 from mixtune.train.run import run_training
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "recipes" / "tiny_causal.yaml"
 TINY_T5 = REPO / "recipes" / "tiny_seq2seq.yaml"
 FAST = ["training.per_device_batch_size=2", "data.max_length=64", "data.max_source_length=48"]
 
@@ -30,20 +29,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _losses(train_log: Path) -> list[float]:
-    out = []
-    for line in train_log.read_text().splitlines():
-        if ": {" in line and '"loss"' in line:
-            out.append(json.loads(line.split(": ", 1)[1])["loss"])
-    return out
-
-
 def _zero3_run(out: Path, *extra: str) -> None:
     env = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--num_processes", "2", "--use_deepspeed", "--zero_stage", "3",
-           "--main_process_port", str(_free_port()), "-m", "mixtune", "train", str(TINY), *FAST,
+           "--main_process_port", str(_free_port()), "-m", "mixtune", "train", str(TINY_RECIPE), *FAST,
            "training.max_steps=4", "training.save_steps=2", f"output_dir={out}", *extra]
     # timeout: the first DeepSpeed run on a machine compiles its shared-memory communication op
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -95,7 +86,7 @@ def test_seq2seq_loss_goes_down_on_a_fixed_batch(tmp_path: Path) -> None:
         "training.learning_rate=1e-2", "training.logging_steps=1", "training.save_steps=100",
         "data.max_source_length=48", "data.max_target_length=16", f"output_dir={tmp_path / 'run'}"])
     final = run_training(recipe)
-    losses = _losses(tmp_path / "run" / "train.log")
+    losses = list(trainer_logged_losses(tmp_path / "run").values())
     assert len(losses) >= 15
     assert losses[-1] < 0.7 * losses[0], losses
     model = AutoModelForSeq2SeqLM.from_pretrained(final)
@@ -111,7 +102,7 @@ def test_lora_run_saves_merged_model_and_adapter_and_logs_to_wandb_offline(
     monkeypatch.setenv("WANDB_MODE", "disabled")  # restored after the test; the run switches it to offline
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    recipe = load_recipe(TINY, [*FAST, "model.lora.r=4", "training.max_steps=2", "training.save_steps=2",
+    recipe = load_recipe(TINY_RECIPE, [*FAST, "model.lora.r=4", "training.max_steps=2", "training.save_steps=2",
                                 "logging.wandb=offline", f"output_dir={tmp_path / 'run'}"])
     final = run_training(recipe)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -137,10 +128,10 @@ def test_packing_and_chat_template_runs_save_loadable_models(tmp_path: Path) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     for name, extra in {"packed": ["data.packing=true"], "chat": ["model.chat_template=default"]}.items():
-        recipe = load_recipe(TINY, [*FAST, *extra, "training.max_steps=2", "training.save_steps=2",
+        recipe = load_recipe(TINY_RECIPE, [*FAST, *extra, "training.max_steps=2", "training.save_steps=2",
                                     "training.logging_steps=1", f"output_dir={tmp_path / name}"])
         final = run_training(recipe)
-        losses = _losses(tmp_path / name / "train.log")
+        losses = list(trainer_logged_losses(tmp_path / name).values())
         assert len(losses) == 2 and all(0 < x < 20 for x in losses)
         tokenizer = AutoTokenizer.from_pretrained(final)
         model = AutoModelForCausalLM.from_pretrained(final)
@@ -150,7 +141,7 @@ def test_packing_and_chat_template_runs_save_loadable_models(tmp_path: Path) -> 
 
 def test_training_refuses_held_out_tasks(tmp_path: Path) -> None:
     """Every task of the sample (its held-out test tasks included) -> the mixture's guard stops the run."""
-    recipe = load_recipe(TINY, ["data.mixture.sources=[{name: all, path: bundled}]",
+    recipe = load_recipe(TINY_RECIPE, ["data.mixture.sources=[{name: all, path: bundled}]",
                                 f"output_dir={tmp_path / 'run'}"])
     with pytest.raises(HeldOutError):
         run_training(recipe)
@@ -166,7 +157,7 @@ def test_resume_refuses_a_changed_mixture(tmp_path: Path) -> None:
     mark_complete(out / "checkpoint-2", StreamState(global_step=2, position=8, mixture_hash="other",
                                                     global_batch_size=4, world_size=1))
     with pytest.raises(ConfigError, match="mixture changed"):
-        run_training(load_recipe(TINY, [f"output_dir={out}"]))
+        run_training(load_recipe(TINY_RECIPE, [f"output_dir={out}"]))
 
 
 @pytest.mark.integration
@@ -175,7 +166,7 @@ def test_dataloader_workers_train_on_the_same_batches(tmp_path: Path) -> None:
     logs, steps = [], []
     for workers in (0, 2):
         log, out = tmp_path / f"order{workers}.jsonl", tmp_path / str(workers)
-        recipe = load_recipe(TINY, [*FAST, "training.max_steps=3", "training.save_steps=100",
+        recipe = load_recipe(TINY_RECIPE, [*FAST, "training.max_steps=3", "training.save_steps=100",
                                     "training.logging_steps=1", f"data.num_workers={workers}", f"output_dir={out}"])
         run_training(recipe, order_log=log)
         # workers append to the order log as they collate (ahead of the trainer, in any order between them)
