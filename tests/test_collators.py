@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from mixtune.errors import DataError
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
+from mixtune.models.tokenizer import load_tokenizer
 from mixtune.train.collators import (
     IGNORE_INDEX,
     CompletionOnlyCollator,
@@ -15,7 +18,6 @@ from mixtune.train.collators import (
     prompt_ids,
     tokenize_example,
 )
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer, load_tokenizer
 
 LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
          "num_attention_heads": 2}

@@ -9,7 +9,8 @@ import torch
 
 from mixtune.eval.generation import generate, length_sorted, pad_batch, shard_for_process
 from mixtune.eval.rank import label_ids, rank_classify, score_candidates
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
 
 LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from mixtune.models.kind import model_kind
+
 OnBatch = Callable[[list[int], list[str]], None]
 
 
@@ -28,12 +30,6 @@ def process_state() -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
-
-
-def model_kind(model: Any) -> str:
-    """'seq2seq' for encoder-decoder models, else 'causal'."""
-    config = getattr(model, "config", None)
-    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
 def model_device(model: Any) -> torch.device:

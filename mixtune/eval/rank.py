@@ -17,12 +17,12 @@ from mixtune.eval.generation import (
     encode_prompts,
     length_sorted,
     model_device,
-    model_kind,
     pad_batch,
     process_state,
     shard_for_process,
     special_ids,
 )
+from mixtune.models.kind import model_kind
 
 
 def label_ids(tokenizer: Any, label: str, eos_ids: Sequence[int]) -> list[int]:

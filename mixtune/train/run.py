@@ -86,8 +86,8 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
         raise ConfigError("the mixture has no examples", path=recipe.source, field="data.mixture")
 
     # The plan's world size is known once the training arguments have set up the processes.
+    from mixtune.models.kind import model_kind
     from mixtune.train.launch import check_cpu_deepspeed_launch
-    from mixtune.train.modeling import known_kind
     from mixtune.train.trainer import (
         _has_accelerator,
         build_collator,
@@ -96,7 +96,7 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     )
 
     check_cpu_deepspeed_launch(recipe, has_accelerator=_has_accelerator())
-    kind_hint = known_kind(recipe.model) or "causal"
+    kind_hint = model_kind(recipe.model) or "causal"
     probe = build_training_arguments(recipe, max_steps=1, kind=kind_hint)
     world = probe.world_size
     g_batch = global_batch_size(recipe.training.per_device_batch_size,
@@ -143,7 +143,7 @@ def _train(recipe: Recipe, output_dir: Path, order_log: str | Path | None) -> Pa
     if is_main and "wandb" in args.report_to:
         _start_wandb(recipe, args.run_name)
     set_seed(recipe.training.seed)
-    from mixtune.train.modeling import context_length, load_model_and_tokenizer
+    from mixtune.models.load import context_length, load_model_and_tokenizer
 
     with phase("loading the model", enabled=show and is_main):
         model, tokenizer, kind = load_model_and_tokenizer(recipe.model)
