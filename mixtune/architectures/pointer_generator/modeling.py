@@ -113,12 +113,11 @@ class PointerGeneratorModel(EncoderDecoderModel):
             nll = F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
             count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
             loss = nll / torch.as_tensor(count, device=nll.device).clamp_min(1)
-        return Seq2SeqLMOutput(
-            loss=loss, logits=log_probs, cache=out.cache,
-            decoder_hidden_states=out.decoder_hidden_states if want_hidden else None,
-            decoder_attentions=out.decoder_attentions, cross_attentions=out.cross_attentions,
-            encoder_last_hidden_state=out.encoder_last_hidden_state,
-            encoder_hidden_states=out.encoder_hidden_states, encoder_attentions=out.encoder_attentions)
+        # the decoder's outputs as they are (the cache among them, under this transformers version's name)
+        fields = {**out, "loss": loss, "logits": log_probs}
+        if not want_hidden:
+            fields.pop("decoder_hidden_states", None)
+        return Seq2SeqLMOutput(**fields)
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
         """As `GenerationMixin.generate`; the source ids go to every decoding step as `decoder_source_ids`.
