@@ -68,8 +68,8 @@ def main() -> None:
 
     from mixtune.mixtures.plan import plan_mixture
     from mixtune.mixtures.spec import load_mixture
+    from mixtune.models.tokenizer import load_tokenizer
     from mixtune.train.collators import CompletionOnlyCollator
-    from mixtune.train.modeling import load_tokenizer
     from mixtune.train.packing import PackingCollator
 
     torch.set_num_threads(1)  # one worker = one core

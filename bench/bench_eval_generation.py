@@ -39,7 +39,8 @@ def bench_generation(n: int = 64, batch_size: int = 16, max_new_tokens: int = 16
     import torch
 
     from mixtune.eval.generation import generate
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     torch.manual_seed(0)
     model, tokenizer, kind = load_model_and_tokenizer(ModelConfig(config=MODEL, dtype="fp32"))

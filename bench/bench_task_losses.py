@@ -33,8 +33,9 @@ def main() -> None:
     import torch
 
     from mixtune.mixtures import load_mixture, plan_mixture
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
     from mixtune.train.data import stream_examples
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
     from mixtune.train.packing import PackingCollator
     from mixtune.train.task_losses import TaskLossCallback, token_task_ids
 

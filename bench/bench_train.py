@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from mixtune.encodings import EncodingSpec, encode_prompt
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
 from mixtune.tasks import open_collection
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 from mixtune.train.packing import PackingCollator
 
 

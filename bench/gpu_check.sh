@@ -68,7 +68,7 @@ from pathlib import Path
 out, peak, procs = Path(sys.argv[1]), float(sys.argv[2]) * 1e12, int(sys.argv[3])
 from mixtune.recipe import load_recipe
 from mixtune.train.collators import tokenize_example
-from mixtune.train.modeling import load_tokenizer
+from mixtune.models.tokenizer import load_tokenizer
 from mixtune.train.run import plan_for
 
 recipe = load_recipe(out / "recipe.yaml")

@@ -30,9 +30,10 @@ def preview_examples(recipe: Any, n: int = 4) -> list[dict[str, Any]]:
     """
     from mixtune.mixtures.plan import plan_mixture
     from mixtune.mixtures.spec import load_mixture
+    from mixtune.models.kind import model_kind
+    from mixtune.models.tokenizer import load_tokenizer
     from mixtune.tokenization import source_ids
     from mixtune.train.collators import IGNORE_INDEX
-    from mixtune.train.modeling import known_kind, load_tokenizer
     from mixtune.train.trainer import build_collator
 
     plan = plan_mixture(load_mixture(recipe.data.mixture, collection=recipe.data.collection))
@@ -40,7 +41,7 @@ def preview_examples(recipe: Any, n: int = 4) -> list[dict[str, Any]]:
     context = _context(recipe.model)
     if context is not None:
         tokenizer.model_max_length = context
-    kind = known_kind(recipe.model) or "causal"
+    kind = model_kind(recipe.model) or "causal"
     collate = build_collator(recipe, None, tokenizer, kind)
     tokenizing = getattr(collate, "_tokenizing", collate)  # the packing collator tokenizes through its own
     examples = list(plan.iter_examples(0, min(n, len(plan))))
@@ -74,7 +75,7 @@ def _context(cfg: Any) -> int | None:
     """The model's context length from its config alone (no weights)."""
     from transformers import AutoConfig
 
-    from mixtune.train.modeling import context_length
+    from mixtune.models.load import context_length
 
     try:
         if cfg.config is not None:

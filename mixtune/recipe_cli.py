@@ -23,7 +23,6 @@ from typing import Any
 
 from mixtune.cli_args import CommandArgs, add_collection, add_overrides
 from mixtune.errors import ConfigError, MixtuneError
-from mixtune.limits import json_loads
 
 #: a hub id: "name" or "org/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -75,6 +74,8 @@ def _check(path: Path, overrides: list[str], collection: str | None, plan: bool,
 
 def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
     """Judge the model section without loading it; returns the kind when it can be known."""
+    from mixtune.models.kind import model_kind
+
     m = recipe.model
     kind = m.kind
     if m.config is not None:
@@ -83,7 +84,7 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
         if config_cls is None:
             raise ConfigError(f"unknown model_type {model_type!r}", path=path, field="model.config.model_type",
                               hint="a transformers model type, e.g. llama, qwen2, t5")
-        found = "seq2seq" if getattr(config_cls(), "is_encoder_decoder", False) else "causal"
+        found = model_kind(m.config)
         if kind is not None and kind != found:
             raise ConfigError(f"model.kind is {kind!r} but model_type {model_type!r} is {found}", path=path,
                               field="model.kind", hint=f"set kind: {found} or leave it out")
@@ -102,7 +103,7 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
         name = m.name_or_path
         local = Path(name).expanduser()
         if local.is_dir():
-            kind = kind or _kind_of_folder(local)
+            kind = kind or model_kind(local)
             notes.append(f"{kind or 'model'} from local folder {name}")
         elif name.startswith(("/", ".", "~")) or not _HUB_ID.match(name):
             raise ConfigError(f"model folder {name!r} not found", path=path, field="model.name_or_path",
@@ -117,7 +118,7 @@ def _check_model(recipe: Any, path: Path, notes: list[str]) -> str | None:
     if m.lora is not None:
         notes.append(f"LoRA r={m.lora.r}")
     if recipe.data.packing:
-        from mixtune.train.modeling import packing_layout
+        from mixtune.models.spec import packing_layout
 
         notes.append(f"packing {packing_layout(m.attn_implementation)} ({m.attn_implementation or 'default'})")
     if recipe.training.precision != "fp32":
@@ -132,14 +133,6 @@ def _config_class(model_type: str) -> Any:
         return CONFIG_MAPPING[model_type]
     except KeyError:
         return None
-
-
-def _kind_of_folder(folder: Path) -> str | None:
-    try:
-        config = json_loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return "seq2seq" if config.get("is_encoder_decoder") else "causal"
 
 
 def _check_deepspeed(recipe: Any, path: Path, notes: list[str]) -> None:

@@ -63,7 +63,8 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """TINY_LLAMA (seed 0) with its tokenizer, written with save_pretrained, shared by the tests that load a model dir."""
     import torch
 
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
@@ -172,6 +173,6 @@ def tokenizer_source(request: pytest.FixtureRequest, tokenizer_dirs: dict[str, s
 @pytest.fixture
 def real_tokenizer(tokenizer_source: str):
     """Each tokenizer kind in turn, loaded as mixtune loads a recipe's tokenizer (special ids repaired)."""
-    from mixtune.train.modeling import load_tokenizer
+    from mixtune.models.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_source)

@@ -7,6 +7,9 @@ import torch
 from conftest import TINY_LLAMA, TINY_T5
 
 from mixtune.errors import DataError
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
+from mixtune.models.tokenizer import load_tokenizer
 from mixtune.train.collators import (
     IGNORE_INDEX,
     CompletionOnlyCollator,
@@ -16,7 +19,6 @@ from mixtune.train.collators import (
     prompt_ids,
     tokenize_example,
 )
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer, load_tokenizer
 
 PROMPT = "Definition: answer the question. Now complete the following example - Input: capital of France? Output: "
 

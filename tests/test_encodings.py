@@ -291,7 +291,8 @@ def test_render_chat_rejects_a_template_whose_prompt_is_not_a_prefix(tokenizer):
 
 def test_render_chat_with_each_tokenizer_kind(tokenizer_source):
     """Chat rendering splits prompt and answer with the template's own markers (BPE: its Llama-3 template)."""
-    from mixtune.train.modeling import ModelConfig, load_tokenizer
+    from mixtune.models.spec import ModelConfig
+    from mixtune.models.tokenizer import load_tokenizer
 
     template = "tokenizer" if "bpe" in tokenizer_source else "default"
     tok = load_tokenizer(ModelConfig(config={"model_type": "llama"}, tokenizer=tokenizer_source,

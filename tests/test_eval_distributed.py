@@ -26,7 +26,8 @@ WORKER = textwrap.dedent("""
     from mixtune.eval.sharding import process_state
     from mixtune.eval.runner import run_eval
     from mixtune.eval.spec import EvalSpec
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     model_dir, out_dir, spec_json, prompts_json = sys.argv[1:5]
     state = process_state()
@@ -45,7 +46,8 @@ WORKER = textwrap.dedent("""
 @pytest.mark.integration
 def test_two_process_evaluation_equals_single_process(tiny_llama_dir, tmp_path):
     from mixtune.eval.generation import generate
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     prompts = [f"Input: {'word ' * (i * 5 % 17)}item {i}.\nOutput: " for i in range(7)]  # 7: uneven again
     single_dir, multi_dir = tmp_path / "single", tmp_path / "multi"
@@ -83,7 +85,8 @@ KILLED_WORKER = textwrap.dedent("""
     from mixtune.eval import runner
     from mixtune.eval.sharding import process_state
     from mixtune.eval.spec import EvalSpec
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     model_dir, out_dir, spec_json = sys.argv[1:4]
     state = process_state()
@@ -118,7 +121,8 @@ def test_two_process_evaluation_killed_and_resumed_equals_one_process(tiny_llama
     """Both ranks SIGKILLed mid-run; a two-process rerun (the main process decides what is left and
     broadcasts it) finishes with exactly the one-process predictions."""
     from mixtune.eval.runner import PARTIAL_DIR
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     spec = {**SPEC, "max_instances_per_task": 5}  # 15 prompts
     model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(name_or_path=str(tiny_llama_dir)))
@@ -206,7 +210,8 @@ ZERO3_WORKER = textwrap.dedent("""
     from transformers import Trainer, TrainingArguments
     from mixtune.eval.callback import HeldOutEvalCallback
     from mixtune.eval.spec import EvalSpec
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     out, spec_json, llama_json = sys.argv[1:4]
     ds = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",

@@ -11,7 +11,8 @@ from conftest import TINY_LLAMA, TINY_T5
 from mixtune.eval.generation import generate, pad_batch
 from mixtune.eval.rank import label_ids, rank_classify, score_candidates
 from mixtune.eval.sharding import length_sorted, shard_for_process
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
 
 # A larger init spread makes the random T5's greedy outputs differ from prompt to prompt.
 T5 = {**TINY_T5, "initializer_factor": 5.0}

@@ -117,7 +117,7 @@ def test_build_eval_set_records(collection):
 
 def test_build_eval_set_truncates_and_renders_chat(collection):
     from mixtune.encodings import DEFAULT_CHAT_TEMPLATE
-    from mixtune.train.modeling import load_tokenizer
+    from mixtune.models.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer("minilm")
     cut = build_eval_set(collection, max_instances=2, setting="def_pos2", tasks=TASKS, tokenizer=tokenizer,
@@ -252,7 +252,8 @@ def test_callback_evaluates_every_n_steps_and_records_best(collection, tmp_path)
     from transformers import Trainer, TrainingArguments
 
     from mixtune.eval.callback import BEST_FILE, EVAL_DIR, HeldOutEvalCallback
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
@@ -292,7 +293,8 @@ def test_callback_at_start_puts_the_model_before_training_beside_the_trained_one
     from transformers import Trainer, TrainingArguments
 
     from mixtune.eval.callback import EVAL_DIR, HeldOutEvalCallback
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     torch.manual_seed(0)
     model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=TINY_LLAMA))
@@ -340,7 +342,8 @@ def test_prompt_budget_follows_the_model_context() -> None:
     """A 256-token causal model gets a 256 - max_new_tokens budget, not the 1024 an eval spec might say."""
     from mixtune.eval.runner import prompt_budget
     from mixtune.eval.spec import EvalSpec
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     small = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
              "num_attention_heads": 2, "max_position_embeddings": 256}

@@ -10,7 +10,9 @@ from conftest import TINY_LLAMA, TINY_T5
 
 from mixtune.config import validate
 from mixtune.errors import ConfigError
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer, load_tokenizer
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
+from mixtune.models.tokenizer import load_tokenizer
 
 
 def test_minilm_tokenizer_special_ids() -> None:
@@ -106,7 +108,7 @@ def test_lora_only_adapters_trainable() -> None:
 @pytest.mark.parametrize("tied", [False, True])
 def test_lora_trains_the_rows_of_added_chat_markers(tied: bool, tokenizer_source: str) -> None:
     """LoRA freezes the embeddings; the default chat template's new markers must not keep random rows."""
-    from mixtune.train.modeling import chat_marker_ids
+    from mixtune.models.tokenizer import chat_marker_ids
 
     torch.manual_seed(0)
     model, tok, _ = load_model_and_tokenizer(ModelConfig(config={**TINY_LLAMA, "tie_word_embeddings": tied},
@@ -171,13 +173,13 @@ def test_trust_remote_code_warns(tmp_path) -> None:
 def test_init_from_warm_starts_matching_tensors() -> None:
     from safetensors.torch import load_file
 
-    from mixtune.train.modeling import _minilm_path
+    from mixtune.minilm import minilm_path
 
     bert = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 1, "num_attention_heads": 12,
             "intermediate_size": 1536, "is_decoder": True}
     model, tok, kind = load_model_and_tokenizer(ModelConfig(config=bert, init_from="minilm"))
     assert kind == "causal"
-    minilm = load_file(f"{_minilm_path()}/model.safetensors")
+    minilm = load_file(f"{minilm_path()}/model.safetensors")
     name = "embeddings.word_embeddings.weight"
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, minilm[name])
     assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
@@ -194,7 +196,7 @@ ENC_DEC = {"encoder_layers": 1, "decoder_layers": 1}
 def test_encoder_decoder_warm_started_from_minilm() -> None:
     from safetensors.torch import load_file
 
-    from mixtune.train.modeling import _minilm_path
+    from mixtune.minilm import minilm_path
 
     model, tok, kind = load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "freeze_encoder": True}))
     assert kind == "seq2seq" and type(model).__name__ == "EncoderDecoderModel"
@@ -204,7 +206,7 @@ def test_encoder_decoder_warm_started_from_minilm() -> None:
     for obj in (model.config, model.generation_config):
         assert (obj.decoder_start_token_id, obj.eos_token_id, obj.pad_token_id) == (cls, sep, 0)
     # encoder and decoder self-attention come from MiniLM layer 0; the LM head is tied to the decoder embeddings
-    minilm = load_file(f"{_minilm_path()}/model.safetensors")
+    minilm = load_file(f"{minilm_path()}/model.safetensors")
     q = next(k for k in minilm if k.endswith("encoder.layer.0.attention.self.query.weight"))
     torch.testing.assert_close(model.encoder.encoder.layer[0].attention.self.query.weight, minilm[q])
     torch.testing.assert_close(model.decoder.bert.encoder.layer[0].attention.self.query.weight, minilm[q])
@@ -240,7 +242,7 @@ def test_warm_start_says_in_one_line_what_is_new_instead_of_a_load_report(caplog
         load_model_and_tokenizer(ModelConfig(encoder_decoder={**ENC_DEC, "pointer_generator": True}))
     shown = "\n".join(seen.messages)
     assert "LOAD REPORT" not in shown and "corrupted" not in shown
-    lines = [r.getMessage() for r in caplog.records if r.name == "mixtune.train.modeling"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mixtune.models.encoder_decoder"]
     assert len(lines) == 1
     # one decoder layer's cross-attention: query, key, value, output dense, output LayerNorm (weight + bias each);
     # the LM head's transform (dense, LayerNorm) and its two bias names
@@ -253,10 +255,10 @@ def test_warm_start_passes_on_the_load_report_when_a_checkpoint_differs_unexpect
 
     from safetensors.torch import load_file, save_file
 
-    from mixtune.train.modeling import _minilm_path
+    from mixtune.minilm import minilm_path
 
     folder = tmp_path / "minilm-plus"
-    shutil.copytree(_minilm_path(), folder)
+    shutil.copytree(minilm_path(), folder)
     weights = load_file(str(folder / "model.safetensors"))
     weights["embeddings.stray.weight"] = torch.zeros(2, 2)  # not a layer, not the pooler: not expected
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -9,8 +9,9 @@ import torch
 from conftest import TINY_LLAMA
 
 from mixtune.errors import DataError
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
 from mixtune.train.collators import IGNORE_INDEX, prompt_ids, tokenize_example
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
 from mixtune.train.packing import (
     PackingCollator,
     block_causal_mask,

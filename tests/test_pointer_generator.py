@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
-from mixtune.train.pointer_generator import PointerGeneratorModel
+from mixtune.architectures.pointer_generator import PointerGeneratorModel
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
 
 SMALL = {"encoder_layers": 1, "decoder_layers": 1, "freeze_encoder": True}
 PROMPTS = ["Definition: copy the input. Input: red apple pie. Output:", "Input: hello"]
@@ -147,3 +148,51 @@ def test_bf16_weights_and_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = fp32(**src, labels=labels)
     torch.testing.assert_close(auto.logits.exp().sum(-1), torch.ones(labels.shape), atol=1e-3, rtol=0)
+
+
+def test_beam_search_scores_are_the_models_own_log_probabilities() -> None:
+    """generate() hands every beam its own source ids: each returned beam's score (length_penalty 0: the sum of
+    its token log-probs) equals the log-probability a teacher-forced forward pass gives that sequence."""
+    model, tok, _ = _model()
+    model.eval()
+    with torch.no_grad():
+        model.copy_gate.bias.fill_(-2.0)  # lean on copying, so wrong source ids would change the scores
+    src = tok(PROMPTS, return_tensors="pt", padding=True)
+    out = model.generate(**src, num_beams=3, num_return_sequences=3, max_new_tokens=5, length_penalty=0.0,
+                         do_sample=False, output_scores=True, return_dict_in_generate=True)
+    seqs = out.sequences  # (batch * 3, 1 + new): decoder start, then the beam's tokens
+    rows = torch.arange(len(PROMPTS)).repeat_interleave(3)
+    with torch.no_grad():
+        log_probs = model(input_ids=src["input_ids"][rows], attention_mask=src["attention_mask"][rows],
+                          decoder_input_ids=seqs[:, :-1]).logits
+    picked = log_probs.gather(-1, seqs[:, 1:, None])[..., 0]
+    eos = model.generation_config.eos_token_id
+    for row, seq in enumerate(seqs[:, 1:].tolist()):
+        length = next((i + 1 for i, t in enumerate(seq) if t == eos), len(seq))  # what follows EOS is filler
+        torch.testing.assert_close(picked[row, :length].sum(), out.sequences_scores[row], atol=1e-4, rtol=1e-4)
+
+
+def test_registered_only_when_a_checkpoint_of_its_type_is_loaded(tmp_path) -> None:
+    """A fresh process: loading another model leaves transformers' Auto classes alone; loading a saved
+    pointer-generator registers its type and gives the same model back."""
+    import subprocess
+    import sys
+
+    model, tok, _ = _model()
+    model.save_pretrained(tmp_path / "pg")
+    tok.save_pretrained(tmp_path / "pg")
+    code = f"""
+import torch
+from transformers import CONFIG_MAPPING
+from mixtune.models.load import load_model_and_tokenizer
+from mixtune.models.spec import ModelConfig
+load_model_and_tokenizer(ModelConfig(config={{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+    "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2}}))
+print("after llama:", "mixtune-pointer-generator" in CONFIG_MAPPING)
+model, tok, kind = load_model_and_tokenizer(ModelConfig(name_or_path={str(tmp_path / "pg")!r}))
+print("after checkpoint:", "mixtune-pointer-generator" in CONFIG_MAPPING, type(model).__name__, kind)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "after llama: False" in out.stdout
+    assert "after checkpoint: True PointerGeneratorModel seq2seq" in out.stdout

@@ -16,8 +16,8 @@ from mixtune.train.nan_guard import NanGuardCallback, NonFiniteLossError
 
 
 def _trainer(tmp_path: Path, precision: str):
+    from mixtune.models.load import load_model_and_tokenizer
     from mixtune.train.data import PositionStream, StreamCollator
-    from mixtune.train.modeling import load_model_and_tokenizer
     from mixtune.train.run import plan_for
     from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 
@@ -62,7 +62,8 @@ def _guard_setup():
     from accelerate.optimizer import AcceleratedOptimizer
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
     from mixtune.train.run import plan_for
 
     plan = plan_for(load_recipe(TINY_RECIPE, ["output_dir=unused"]))

@@ -37,8 +37,8 @@ def _squash(text: str) -> str:
 
 
 def test_causal_prompts_end_with_the_cue_and_labels_hold_the_completion(capsys, no_weights, tokenizer_source):
+    from mixtune.models.tokenizer import load_tokenizer
     from mixtune.recipe import load_recipe
-    from mixtune.train.modeling import load_tokenizer
     from mixtune.train.run import plan_for
 
     overrides = ["data.max_source_length=40", f"model.tokenizer={tokenizer_source}"]

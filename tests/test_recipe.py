@@ -13,6 +13,7 @@ from mixtune.errors import ConfigError
 from mixtune.recipe import load_recipe
 from mixtune.train.deepspeed import PRESETS, deepspeed_config, zero_stage
 from mixtune.train.launch import launch_command
+from mixtune.train.spec import DEEPSPEED_PRESETS
 
 
 def _write(tmp_path: Path, data: dict, name: str = "r.yaml") -> Path:
@@ -128,6 +129,7 @@ def test_preset_files_equal_the_canonical_presets() -> None:
     folder = REPO / "recipes" / "deepspeed"
     files = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")}
     assert files == PRESETS
+    assert tuple(PRESETS) == DEEPSPEED_PRESETS  # the names recipe validation accepts (train/spec.py)
     assert zero_stage(PRESETS["zero2"]) == 2 and zero_stage(PRESETS["zero3"]) == 3
     assert PRESETS["zero3"]["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert PRESETS["zero3_offload"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"

@@ -33,9 +33,9 @@ class _Poison(TrainerCallback):
 
 
 def _train(tmp_path: Path, policy: str | None) -> tuple[torch.nn.Module, NanGuardCallback | None, object, int]:
+    from mixtune.models.load import load_model_and_tokenizer
     from mixtune.recipe import load_recipe
     from mixtune.train.data import PositionStream, StreamCollator, global_batch_size
-    from mixtune.train.modeling import load_model_and_tokenizer
     from mixtune.train.run import plan_for
     from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 

@@ -136,7 +136,8 @@ def _remote_code_model(folder: Path, marker: Path) -> Path:
 
 
 def test_trust_remote_code_is_off_by_default(tmp_path: Path) -> None:
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     marker = tmp_path / "pwned"
     folder = _remote_code_model(tmp_path / "model", marker)
@@ -149,7 +150,8 @@ def test_trust_remote_code_is_off_by_default(tmp_path: Path) -> None:
 
 
 def test_trust_remote_code_warns_when_turned_on() -> None:
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     cfg = ModelConfig(config=SHORT_LLAMA, trust_remote_code=True)
     with pytest.warns(UserWarning, match="trust_remote_code"):
@@ -171,7 +173,8 @@ class _Evil:
 
 
 def test_pickled_weights_are_never_loaded(tmp_path: Path) -> None:
-    from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+    from mixtune.models.load import load_model_and_tokenizer
+    from mixtune.models.spec import ModelConfig
 
     model, tokenizer, _ = load_model_and_tokenizer(ModelConfig(config=SHORT_LLAMA))
     folder = tmp_path / "model"

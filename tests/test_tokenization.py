@@ -87,7 +87,7 @@ def test_completion_is_never_cut_before_the_prompt(real_tokenizer, long_prompt) 
 @pytest.mark.parametrize("budget", [40, 64, 120])
 def test_seq2seq_matches_the_tk_instruct_reference(tokenizer_dirs, long_prompt, bundled_dir, budget) -> None:
     """Token-space seq2seq ids equal the reference pipeline: the cut string re-tokenized with truncation."""
-    from mixtune.train.modeling import load_tokenizer
+    from mixtune.models.tokenizer import load_tokenizer
 
     collection = open_collection(path=bundled_dir)
     info = collection.info("task1146_country_capital")
@@ -105,7 +105,7 @@ def test_seq2seq_matches_the_tk_instruct_reference(tokenizer_dirs, long_prompt, 
 def test_boundary_is_identical_in_training_and_generation(bpe_tokenizer_dir, long_prompt) -> None:
     """With byte-level BPE the trailing space of 'Output: ' is its own token: both paths keep it."""
     from mixtune.eval.generation import encode_prompts
-    from mixtune.train.modeling import load_tokenizer
+    from mixtune.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(bpe_tokenizer_dir))
     prompt = long_prompt[0]
@@ -142,7 +142,8 @@ def test_layout_of_a_prompt_without_demonstrations(bundled_dir) -> None:
 def test_causal_cut_inside_a_chat_rendering(bpe_tokenizer_dir, long_prompt) -> None:
     """A chat-rendered prompt keeps its template around the Tk-Instruct prompt and its generation prompt."""
     from mixtune.encodings import render_chat
-    from mixtune.train.modeling import ModelConfig, load_tokenizer
+    from mixtune.models.spec import ModelConfig
+    from mixtune.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(ModelConfig(config={"model_type": "llama"}, tokenizer=str(bpe_tokenizer_dir),
                                      chat_template="tokenizer"))

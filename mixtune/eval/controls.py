@@ -22,16 +22,9 @@ from dataclasses import replace
 from typing import Any
 
 from mixtune.errors import ConfigError
+from mixtune.eval.spec import CONTROL_SETTINGS
 from mixtune.tasks.schema import Demonstration, TaskInfo
 
-#: control setting -> (the plain setting whose prompt shape it uses, what it changes: one phrase)
-CONTROL_SETTINGS: dict[str, tuple[str, str]] = {
-    "shuffled_definition": ("zero_shot", "each task shown another evaluated task's definition, no demonstrations"),
-    "delusive_pos2": ("def_pos2", "the definition and 2 positive examples whose outputs are swapped for other "
-                                  "outputs of the task's label space"),
-    "output_space_only": ("zero_shot", "the definition replaced by one sentence listing the labels, on the tasks "
-                                       "with a small label set"),
-}
 #: how many instances' outputs stand for a generation task's output space in `delusive_pos2`
 OUTPUT_SAMPLE = 1000
 

@@ -20,14 +20,11 @@ from typing import Any
 import torch
 
 from mixtune.eval.sharding import evaluate_sharded, length_sorted, shard
+from mixtune.models.kind import model_kind
 
 OnBatch = Callable[[list[int], list[str]], None]
 
 
-def model_kind(model: Any) -> str:
-    """'seq2seq' for encoder-decoder models, else 'causal'."""
-    config = getattr(model, "config", None)
-    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
 
 
 def model_device(model: Any) -> torch.device:

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from mixtune.eval.generation import encode_prompts, model_device, model_kind, pad_batch, special_ids
+from mixtune.eval.generation import encode_prompts, model_device, pad_batch, special_ids
 from mixtune.eval.sharding import evaluate_sharded, length_sorted, shard
+from mixtune.models.kind import model_kind
 
 
 def label_ids(tokenizer: Any, label: str, eos_ids: Sequence[int]) -> list[int]:

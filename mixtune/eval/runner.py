@@ -119,10 +119,11 @@ class _PartialWriter:
 
 
 def _load_model(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
-    from mixtune.eval.generation import model_kind
+    from mixtune.models.kind import model_kind
 
     if isinstance(model, (str, Path)):
-        from mixtune.train.modeling import ModelConfig, load_model_and_tokenizer
+        from mixtune.models.load import load_model_and_tokenizer
+        from mixtune.models.spec import ModelConfig
 
         loaded, loaded_tok, kind = load_model_and_tokenizer(ModelConfig(name_or_path=str(model)))
         return loaded, tokenizer or loaded_tok, kind
@@ -134,7 +135,7 @@ def _load_model(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
 def prompt_budget(spec: EvalSpec, model: Any, kind: str) -> int | None:
     """The prompt budget in tokens: `spec.max_source_length`, never more than the model's context (less
     `max_new_tokens` for a causal model, whose answer shares it); the context when the spec sets none."""
-    from mixtune.train.modeling import context_length
+    from mixtune.models.load import context_length
 
     context = context_length(getattr(model, "config", None))
     if context is not None and kind == "causal":

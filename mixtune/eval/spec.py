@@ -30,6 +30,15 @@ from mixtune.errors import ConfigError
 #: Metrics `metric_for_best` may name (an overall metric of the first setting; higher is better).
 BEST_METRICS = ("rougeL", "exact_match", "primary")
 
+#: control setting -> (the plain setting whose prompt shape it uses, what it changes: one phrase)
+CONTROL_SETTINGS: dict[str, tuple[str, str]] = {
+    "shuffled_definition": ("zero_shot", "each task shown another evaluated task's definition, no demonstrations"),
+    "delusive_pos2": ("def_pos2", "the definition and 2 positive examples whose outputs are swapped for other "
+                                  "outputs of the task's label space"),
+    "output_space_only": ("zero_shot", "the definition replaced by one sentence listing the labels, on the tasks "
+                                       "with a small label set"),
+}
+
 
 class EvalSpec(StrictModel):
     """What the held-out evaluation measures and how it generates."""
@@ -88,7 +97,6 @@ class EvalSpec(StrictModel):
     @classmethod
     def _known_settings(cls, value: list[str]) -> list[str]:
         from mixtune.encodings import SETTINGS, encoding_for_setting
-        from mixtune.eval.controls import CONTROL_SETTINGS
 
         for i, name in enumerate(value):
             if name in CONTROL_SETTINGS:

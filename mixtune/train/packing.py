@@ -38,8 +38,8 @@ from typing import Any, Literal
 
 import torch
 
+from mixtune.models.spec import Layout, packing_layout
 from mixtune.train.collators import IGNORE_INDEX, CompletionOnlyCollator, check_loss_mask
-from mixtune.train.modeling import Layout, packing_layout
 
 __all__ = ["Layout", "packing_layout"]  # re-exported: the layout follows the model's attention kernel
 

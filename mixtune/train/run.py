@@ -65,7 +65,7 @@ class RunSetup:
 
     plan: Any
     args: Any  # the transformers training arguments
-    kind: str  # the model kind the arguments were built for (`known_kind`, else causal)
+    kind: str  # the model kind the arguments were built for (`model_kind` of the recipe, else causal)
     world: int
     global_batch: int
     max_steps: int
@@ -124,8 +124,8 @@ def setup(recipe: Recipe, output_dir: Path) -> RunSetup | None:
     output_dir (main process). None when `resume: auto` finds this run already finished."""
     from mixtune.console import phase
     from mixtune.distributed import launch_world_size
+    from mixtune.models.kind import model_kind
     from mixtune.train.launch import check_cpu_deepspeed_launch
-    from mixtune.train.modeling import known_kind
     from mixtune.train.trainer import _has_accelerator, build_training_arguments
 
     show = recipe.logging.progress_bar and int(os.environ.get("RANK", "0")) == 0
@@ -137,7 +137,7 @@ def setup(recipe: Recipe, output_dir: Path) -> RunSetup | None:
 
     online = online_mixing(recipe, plan)  # None for a static mixture; refuses DataLoader workers
     check_cpu_deepspeed_launch(recipe, has_accelerator=_has_accelerator())
-    kind = known_kind(recipe.model) or "causal"
+    kind = model_kind(recipe.model) or "causal"
     world = launch_world_size()
     g_batch = global_batch_size(recipe.training.per_device_batch_size,
                                 recipe.training.gradient_accumulation_steps, world)
@@ -191,7 +191,7 @@ def build(recipe: Recipe, run: RunSetup, order_log: str | Path | None) -> tuple[
     from transformers import set_seed
 
     from mixtune.console import phase
-    from mixtune.train.modeling import context_length, load_model_and_tokenizer
+    from mixtune.models.load import context_length, load_model_and_tokenizer
     from mixtune.train.trainer import build_collator, build_trainer, build_training_arguments
 
     set_seed(recipe.training.seed)

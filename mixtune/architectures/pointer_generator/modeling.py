@@ -1,4 +1,4 @@
-"""A pointer-generator encoder-decoder: transformers' `EncoderDecoderModel` plus a copy head.
+"""The pointer-generator's config and model classes (see the package docstring).
 
 The next-token distribution mixes the decoder's vocabulary softmax with a copy distribution over the
 source tokens (See et al., 2017, "Get To The Point"):
@@ -10,12 +10,6 @@ over the encoder's last hidden states `e` (padding masked out) and `g = sigmoid(
 the generate-vs-copy gate, which starts at 0.5. The model returns `log p` as its `logits`, so greedy
 and beam search, sampling, rank classification and cross-entropy work unchanged (log_softmax of
 `log p` is `log p`); its loss is the NLL of the mixture.
-
-Why: a small decoder trained for minutes on CPU learns to copy label words from the task definition
-and spans of the input far sooner through this head than through a softmax over 30k words.
-
-Registered with `AutoConfig` / `AutoModelForSeq2SeqLM` as model_type "mixtune-pointer-generator", so a
-saved model reloads with `from_pretrained` in any process that imported mixtune (no remote code).
 """
 
 from __future__ import annotations
@@ -26,14 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, EncoderDecoderConfig, EncoderDecoderModel
+from transformers import EncoderDecoderConfig, EncoderDecoderModel
 from transformers.modeling_outputs import Seq2SeqLMOutput
 from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
-MODEL_TYPE = "mixtune-pointer-generator"
-
-#: Key under which generation keeps the source token ids next to the encoder's outputs.
-SOURCE_IDS = "source_ids"
+from mixtune.architectures import POINTER_GENERATOR as MODEL_TYPE
 
 
 class PointerGeneratorConfig(EncoderDecoderConfig):
@@ -92,12 +83,16 @@ class PointerGeneratorModel(EncoderDecoderModel):
                 decoder_input_ids: torch.LongTensor | None = None,
                 decoder_attention_mask: torch.Tensor | None = None, encoder_outputs: Any = None,
                 labels: torch.LongTensor | None = None, num_items_in_batch: Any = None,
-                **kwargs: Any) -> Seq2SeqLMOutput:
-        """As `EncoderDecoderModel.forward`; `logits` are the mixture's log-probabilities."""
+                decoder_source_ids: torch.LongTensor | None = None, **kwargs: Any) -> Seq2SeqLMOutput:
+        """As `EncoderDecoderModel.forward`; `logits` are the mixture's log-probabilities.
+
+        The copy head needs the source token ids: `input_ids`, or `decoder_source_ids` when the encoder
+        already ran (`encoder_outputs`, as in generation's decoding steps).
+        """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                            inputs_embeds=kwargs.pop("inputs_embeds", None), return_dict=True)
-        source_ids = input_ids if input_ids is not None else encoder_outputs.get(SOURCE_IDS)
+        source_ids = input_ids if input_ids is not None else decoder_source_ids
         if source_ids is None:
             raise ValueError("the pointer-generator copies source tokens, so it needs input_ids (inputs_embeds "
                              "alone give no token ids to copy)")
@@ -118,27 +113,19 @@ class PointerGeneratorModel(EncoderDecoderModel):
             nll = F.nll_loss(log_probs.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
             count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
             loss = nll / torch.as_tensor(count, device=nll.device).clamp_min(1)
-        return Seq2SeqLMOutput(
-            loss=loss, logits=log_probs, cache=out.cache,
-            decoder_hidden_states=out.decoder_hidden_states if want_hidden else None,
-            decoder_attentions=out.decoder_attentions, cross_attentions=out.cross_attentions,
-            encoder_last_hidden_state=out.encoder_last_hidden_state,
-            encoder_hidden_states=out.encoder_hidden_states, encoder_attentions=out.encoder_attentions)
+        # the decoder's outputs as they are (the cache among them, under this transformers version's name)
+        fields = {**out, "loss": loss, "logits": log_probs}
+        if not want_hidden:
+            fields.pop("decoder_hidden_states", None)
+        return Seq2SeqLMOutput(**fields)
 
-    def _prepare_text_encoder_decoder_kwargs_for_generation(self, inputs_tensor: torch.Tensor,
-                                                            model_kwargs: dict[str, Any],
-                                                            model_input_name: str | None,
-                                                            generation_config: Any) -> dict[str, Any]:
-        """Run the encoder once, as generation does, and keep the source ids beside its outputs.
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any) -> Any:
+        """As `GenerationMixin.generate`; the source ids go to every decoding step as `decoder_source_ids`.
 
-        (A private hook of transformers' GenerationMixin, 5.24; the tests generate through it.)
+        (generate passes model keyword arguments on to `forward` and expands them for beams; the `decoder_`
+        prefix keeps them out of the encoder's arguments.)
         """
-        model_kwargs = super()._prepare_text_encoder_decoder_kwargs_for_generation(
-            inputs_tensor, model_kwargs, model_input_name, generation_config)
-        if (model_input_name or self.main_input_name) == "input_ids":
-            model_kwargs["encoder_outputs"][SOURCE_IDS] = inputs_tensor
-        return model_kwargs
-
-
-AutoConfig.register(MODEL_TYPE, PointerGeneratorConfig, exist_ok=True)
-AutoModelForSeq2SeqLM.register(PointerGeneratorConfig, PointerGeneratorModel, exist_ok=True)
+        source = inputs if inputs is not None else kwargs.get("input_ids")
+        if source is not None:
+            kwargs.setdefault("decoder_source_ids", source)
+        return super().generate(inputs, generation_config, **kwargs)
