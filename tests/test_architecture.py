@@ -117,3 +117,20 @@ def test_the_walk_sees_the_package_imports() -> None:
 ])
 def test_an_upward_import_is_caught(module: str, source: str, upward: bool) -> None:
     assert bool(upward_imports(module, source)) is upward
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md says what each module owns: every module of the package and of its subpackages
+    (a sub-subpackage is described as a folder) is named there in backticks."""
+    import re
+
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text("utf-8")
+    named = set(re.findall(r"`([A-Za-z_/.]+?)/?`", page))
+    missing = []
+    for module in MODULES:
+        parts = module.split(".")[1:]
+        if not parts or len(parts) > 2 or MODULES[module].name == "__init__.py" and len(parts) > 1:
+            continue
+        if parts[-1] not in named and "/".join(parts) not in named:
+            missing.append(module)
+    assert missing == []
