@@ -265,14 +265,16 @@ def main() -> None:
               f"{b['bytes'] / 1e9:.2f} GB in {b['shards']} shard(s), peak RSS {b['peak_rss_mb']:.0f} MB")
         print(f"  vs pyarrow write floor ({floor['wall_s']:.2f} s, {floor['cpu_s']:.2f} CPU s): format + write "
               f"{b['write_s'] / floor['wall_s']:.2f}x wall, {b['write_cpu_s'] / floor['cpu_s']:.2f}x CPU; "
-              f"plan + format + write {b['wall_s'] / floor['wall_s']:.2f}x wall, {b['cpu_s'] / floor['cpu_s']:.2f}x CPU")
+              f"plan + format + write {b['wall_s'] / floor['wall_s']:.2f}x wall, "
+              f"{b['cpu_s'] / floor['cpu_s']:.2f}x CPU")
         for phase in ("baseline_map", "baseline"):
             base = results.get(f"{phase}_{n}")
             if base is None:
                 continue
             print(f"  {labels[f'{phase}_{n}'].strip()}: json-load + per-task datasets {base['load_s']:.2f} s, "
                   f"interleave + format + write {base['wall_s'] - base['load_s']:.2f} s")
-            print(f"    build speed-up: {base['wall_s'] / b['wall_s']:.1f}x wall, {base['cpu_s'] / b['cpu_s']:.1f}x CPU "
+            print(f"    build speed-up: {base['wall_s'] / b['wall_s']:.1f}x wall, "
+                  f"{base['cpu_s'] / b['cpu_s']:.1f}x CPU "
                   f"(with first indexing: "
                   f"{base['wall_s'] / (b['wall_s'] + results['index']['wall_s']):.1f}x); "
                   f"peak RSS ratio: {base['peak_rss_mb'] / b['peak_rss_mb']:.1f}x")

@@ -66,7 +66,8 @@ def _check_no_lone_surrogates(node: Any, path: Path) -> None:
         try:
             node.encode("utf-8")
         except UnicodeEncodeError:
-            raise ConfigError(f"the string {clip(repr(node))} holds an unpaired UTF-16 surrogate escape, which is not text",
+            raise ConfigError(f"the string {clip(repr(node))} holds an unpaired UTF-16 surrogate escape, "
+                              "which is not text",
                               path=path, hint="fix or remove the broken \\u escape") from None
     elif isinstance(node, dict):
         for key, value in node.items():

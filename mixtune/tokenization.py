@@ -94,7 +94,8 @@ def _seq2seq_ids(tokenizer: Any, prompt: str, budget: int | None) -> tuple[list[
         first = layout.demonstrations[0][1]
         head = prompt[:layout.definition[0]] if layout.definition else prompt[:first]
         definition = prompt[layout.definition[0]:layout.definition[1]] if layout.definition else ""
-        texts = {k: [prompt[s:e] for kind, s, e in layout.demonstrations if kind == k] for k in ("positive", "negative")}
+        texts = {k: [prompt[s:e] for kind, s, e in layout.demonstrations if kind == k]
+                 for k in ("positive", "negative")}
         task_input = prompt[layout.query[0]:layout.query[1]]
 
         def fits(text: str) -> bool:

@@ -60,7 +60,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """TINY_LLAMA (seed 0) with its tokenizer, written with save_pretrained, shared by the tests that load a model dir."""
+    """TINY_LLAMA (seed 0) with its tokenizer, written with save_pretrained, shared by the tests that
+    load a model dir."""
     import torch
 
     from mixtune.models.load import load_model_and_tokenizer

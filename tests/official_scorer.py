@@ -50,7 +50,8 @@ def official_scores(items: list[Item]) -> dict:
 
 
 def items_from_records(records: list[dict], category: str = "all") -> list[Item]:
-    """Official-format records ({"Task", "Instance": {"output"}, "prediction"}) as items, references from the records."""
+    """Official-format records ({"Task", "Instance": {"output"}, "prediction"}) as items, references from
+    the records."""
     return [(r["Task"], category, r["prediction"], r["Instance"]["output"]) for r in records]
 
 

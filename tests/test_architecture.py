@@ -23,8 +23,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("mixtune.models",)),
     ("eval", ("mixtune.eval",)),
     ("train", ("mixtune.train",)),
-    ("commands", ("mixtune.__main__", "mixtune.cli", "mixtune.cli_args", "mixtune.recipe_cli", "mixtune.preview", "mixtune.mixtures.cli",
-                  "mixtune.mixtures.task_select.cli", "mixtune.eval.cli", "mixtune.train.cli")),
+    ("commands", ("mixtune.__main__", "mixtune.cli", "mixtune.cli_args", "mixtune.recipe_cli", "mixtune.preview",
+                  "mixtune.mixtures.cli", "mixtune.mixtures.task_select.cli", "mixtune.eval.cli", "mixtune.train.cli")),
 ]
 
 #: (importer, imported) edges that still point upward, each with the work that removes it.
@@ -70,7 +70,8 @@ def imports_of(module: str, source: str) -> set[str]:
                 anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
                 base = ".".join(anchor + ([base] if base else []))
             found.update(f"{base}.{alias.name}" for alias in node.names)
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+        elif (isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             found.add(node.args[0].value)
     return {_target(name) for name in found if name == "mixtune" or name.startswith("mixtune.")}

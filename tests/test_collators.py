@@ -32,7 +32,8 @@ def tok():
 def chat_tok(request, tokenizer_dirs):
     """Each tokenizer kind with a chat template: BPE its own (Llama-3 style), the others mixtune's default."""
     template = "tokenizer" if request.param == "bpe" else "default"
-    return load_tokenizer(ModelConfig(config=TINY_LLAMA, tokenizer=tokenizer_dirs[request.param], chat_template=template))
+    return load_tokenizer(ModelConfig(config=TINY_LLAMA, tokenizer=tokenizer_dirs[request.param],
+                                      chat_template=template))
 
 
 def test_labels_mask_prompt_exactly_and_train_eos(real_tokenizer) -> None:

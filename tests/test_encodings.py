@@ -80,7 +80,8 @@ def test_definition_positive_and_negative_examples():
 
 def test_explanations():
     spec = EncodingSpec(pos_examples=2, neg_examples=1, explanation=True)
-    neg1 = " Negative Example 1 -\nInput: What is 3+3?\n Output: 7.\n Explanation: Three plus three is six, not seven.\n\n"
+    neg1 = (" Negative Example 1 -\nInput: What is 3+3?\n Output: 7.\n"
+            " Explanation: Three plus three is six, not seven.\n\n")
     assert encode_prompt(TASK, INPUT, spec) == DEF + POS1_EXPL + POS2_EXPL + neg1 + QUERY
     # An example without an explanation is written without the Explanation line.
     spec = EncodingSpec(definition=False, neg_examples=2, explanation=True)

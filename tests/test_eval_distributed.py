@@ -245,11 +245,13 @@ def test_periodic_evaluation_under_zero3_two_processes(tmp_path):
     out = tmp_path / "train"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--use_deepspeed",
-           "--zero_stage", "3", "--main_process_port", "0", str(script), str(out), json.dumps(spec), json.dumps(TINY_LLAMA)]
+           "--zero_stage", "3", "--main_process_port", "0", str(script), str(out), json.dumps(spec),
+           json.dumps(TINY_LLAMA)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     for step in (1, 2):
-        lines = [json.loads(x) for x in (out / "heldout_eval" / f"step-{step}" / "predictions.jsonl").read_text().splitlines()]
+        lines = [json.loads(x)
+                 for x in (out / "heldout_eval" / f"step-{step}" / "predictions.jsonl").read_text().splitlines()]
         assert len(lines) == 4
     logged = [json.loads((out / f"logged.rank{r}.json").read_text()) for r in (0, 1)]
     assert [h["step"] for h in logged[0]] == [1, 2] and logged[0] == logged[1]

@@ -39,7 +39,8 @@ def prompts(bundled_dir) -> list[str]:
         info = collection.info(task)
         for row in collection.instances(task).slice(0, 2).to_pylist():
             out.append(encode_prompt(info, row["input"], spec))
-    out += ["Input: yes.\nOutput: ", "Definition: Answer.\n\nNow complete the following example -\nInput: a b c.\nOutput: "]
+    out += ["Input: yes.\nOutput: ",
+            "Definition: Answer.\n\nNow complete the following example -\nInput: a b c.\nOutput: "]
     return [p[:400] for p in out]
 
 
@@ -133,7 +134,8 @@ def test_rank_classification_picks_the_more_likely_label(config):
     vocab = model.get_output_embeddings().out_features
     yes, no = (tokenizer.convert_tokens_to_ids(t) for t in ("yes", "no"))
     eos = tokenizer.eos_token_id
-    records = [{"Task": "t", "prompt": "Is the sky blue? Output: ", "Instance": {"id": "1", "input": "", "output": ["yes"]}}]
+    records = [{"Task": "t", "prompt": "Is the sky blue? Output: ",
+                "Instance": {"id": "1", "input": "", "output": ["yes"]}}]
     for favoured, expected in ((yes, "yes"), (no, "no")):
         bias = torch.zeros(vocab)
         bias[favoured] = 4.0

@@ -191,7 +191,8 @@ def test_eval_run_resumes_from_partial_predictions(finished_run, tiny_llama_dir,
     shutil.copy(out / "run.json", resumed / "run.json")
     partial = "".join(json.dumps(r) + "\n" for r in lines[:5]) + json.dumps(lines[5])[:40]
     (resumed / PARTIAL_DIR / "predictions.def_pos2.rank0.jsonl").write_text(partial)
-    again = run_eval(tiny_llama_dir, small_spec(rank_classification=True), resumed, collection=collection, progress=False)
+    again = run_eval(tiny_llama_dir, small_spec(rank_classification=True), resumed, collection=collection,
+                     progress=False)
     assert again["settings"]["def_pos2"]["reused"] == 5 and again["settings"]["def_pos2"]["generated"] == 4
     assert read_jsonl(resumed / "predictions.jsonl") == lines
     for key in ("overall", "per_category", "per_task", "baselines", "rank_classification"):

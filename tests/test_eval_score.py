@@ -97,8 +97,9 @@ def test_score_agrees_with_official_formula(predictions_file, bundled_dir, colle
     assert 20 < ours["overall"]["exact_match"] < 60
     assert ours["overall"]["rougeL"] > ours["overall"]["exact_match"]
     # without a collection the file's own lines are scored: the same here, where they are complete
-    assert_same_scores(score_file_details(predictions_file).as_dict(), {"overall": official["overall"], "per_task": official["per_task"],
-                                                "per_category": {"Uncategorized": official["overall"]}})
+    assert_same_scores(score_file_details(predictions_file).as_dict(),
+                       {"overall": official["overall"], "per_task": official["per_task"],
+                        "per_category": {"Uncategorized": official["overall"]}})
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,8 @@ def test_unknown_task_suggests_a_name(tmp_path, collection) -> None:
                                 "prediction": "a"}) + "\n")
     with pytest.raises(DataError, match=r"line 1: unknown task .*did you mean 'task199_mnli_classification'"):
         score_file_details(path, collection).as_dict()
-    assert score_file_details(path).as_dict()["per_task"]["task199_mnli_clasification"]["exact_match"] == 100.0  # no collection
+    assert (score_file_details(path).as_dict()["per_task"]["task199_mnli_clasification"]["exact_match"]
+            == 100.0)  # no collection
 
 
 def test_cli_score_json(predictions_file, bundled_dir, capsys) -> None:
@@ -281,7 +283,8 @@ def test_baselines(tmp_path, collection, bundled_dir, capsys) -> None:
     for r in demo_records:
         assert r["prediction"] == collection.info(r["Task"]).positive_examples[0].output
         assert r["Categories"] == list(collection.info(r["Task"]).categories)
-    copy_scores, demo_scores = score_file_details(copy, collection, max_instances=10).as_dict(), score_file_details(demo, collection).as_dict()
+    copy_scores, demo_scores = (score_file_details(copy, collection, max_instances=10).as_dict(),
+                                score_file_details(demo, collection).as_dict())
     assert copy_scores["overall"]["exact_match"] < 5.0  # copying the input is (almost) never the answer
     assert 0 < copy_scores["overall"]["rougeL"] < 50
     # copy_demo wins exact match on classification tasks, where the demo's label is often right

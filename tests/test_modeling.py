@@ -335,7 +335,8 @@ def test_encoder_decoder_generate_stops_at_eos() -> None:
     src = tok(["Definition: say nothing. Input: hello. Output:"], return_tensors="pt")
     out = model.generate(**src, max_new_tokens=8, do_sample=False)
     assert out[0].tolist() == [tok.cls_token_id, tok.sep_token_id]
-    assert generate(model, tok, ["a prompt", "another prompt"], batch_size=2, max_new_tokens=8, kind="seq2seq") == ["", ""]
+    assert generate(model, tok, ["a prompt", "another prompt"], batch_size=2, max_new_tokens=8,
+                    kind="seq2seq") == ["", ""]
 
 
 def test_missing_attention_kernel_is_a_config_error() -> None:

@@ -127,7 +127,8 @@ def test_storage_dtype_and_precision_must_agree(overrides, field) -> None:
     with pytest.raises(ConfigError) as e:
         load_recipe(TINY_RECIPE, overrides)
     assert e.value.field == field and "tiny_causal.yaml" in e.value.render()
-    load_recipe(TINY_RECIPE, ["model.dtype=bf16", "training.precision=bf16", "model.lora.r=4"])  # a bf16 LoRA base is fine
+    load_recipe(TINY_RECIPE,
+                ["model.dtype=bf16", "training.precision=bf16", "model.lora.r=4"])  # a bf16 LoRA base is fine
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])

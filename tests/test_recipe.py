@@ -144,7 +144,8 @@ def test_print_launch_commands() -> None:
     multi = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=8", "distributed.nodes=2"])
     cmd = launch_command(multi, "r.yaml")
     assert "--num_processes 16 --num_machines 2 --machine_rank $NODE_RANK" in cmd
-    ds = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=4", "distributed.nodes=2", "distributed.launcher=deepspeed"])
+    ds = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=4", "distributed.nodes=2",
+                                   "distributed.launcher=deepspeed"])
     assert launch_command(ds, "r.yaml") == ("deepspeed --hostfile hostfile --num_nodes 2 --num_gpus 4 --no_local_rank "
                                             "--module mixtune train r.yaml")
     tr = load_recipe(TINY_RECIPE, ["distributed.processes_per_node=4", "distributed.launcher=torchrun"])

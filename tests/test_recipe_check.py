@@ -125,7 +125,8 @@ def test_broken_mixture_names_recipe_and_mixture_field(tmp_path) -> None:
 
 def test_held_out_task_in_mixture_fails_when_planned(tmp_path) -> None:
     inline = {"name": "leak", "seed": 0, "total_examples": 50,
-              "sources": [{"name": "superni", "path": "bundled", "tasks": {"include": ["task020_mctaco_span_based_question"]}}]}
+              "sources": [{"name": "superni", "path": "bundled",
+                           "tasks": {"include": ["task020_mctaco_span_based_question"]}}]}
     test_tasks = (REPO / "mixtune/data/superni/splits/default/test_tasks.txt").read_text().split()
     assert "task020_mctaco_span_based_question" in test_tasks
     result = check_recipe(_write(tmp_path, "r.yaml", _tiny_recipe(inline)))

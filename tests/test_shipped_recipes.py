@@ -123,7 +123,8 @@ def test_llama_zero3_recipe() -> None:
     m, d, t = recipe.model, recipe.data, recipe.training
     assert m.kind == "causal" and m.dtype == "bf16" and m.gradient_checkpointing and m.lora is None
     assert m.chat_template is not None and m.attn_implementation == "sdpa"
-    assert d.packing and d.max_target_length is None and d.max_length >= d.max_source_length + 128  # room for the answer
+    assert (d.packing and d.max_target_length is None
+            and d.max_length >= d.max_source_length + 128)  # room for the answer
     assert 1e-5 <= t.learning_rate <= 2e-5 and t.lr_scheduler == "cosine" and t.warmup_ratio > 0
     assert zero_stage(deepspeed_config(recipe.distributed.deepspeed)) == 3
     assert recipe.eval.chat

@@ -299,6 +299,7 @@ def test_an_edit_that_keeps_size_and_mtime_needs_reindex(tmp_path: Path, bundled
     monkeypatch.delenv("MIXTUNE_REINDEX")
     monkeypatch.setenv("MIXTUNE_CACHE", str(cache_dir))
     mixture = tmp_path / "mix.yaml"
-    mixture.write_text(f"name: m\ntotal_examples: 4\nheld_out: {{allow: true}}\nsources:\n  - {{name: s, path: {coll}}}\n")
+    mixture.write_text(f"name: m\ntotal_examples: 4\nheld_out: {{allow: true}}\n"
+                       f"sources:\n  - {{name: s, path: {coll}}}\n")
     assert main(["--reindex", "mixture", "show", str(mixture)]) == 0
     assert os.environ.pop("MIXTUNE_REINDEX") == "1"

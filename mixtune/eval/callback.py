@@ -4,8 +4,8 @@ Each evaluation writes a full `mixtune eval run` folder under `<output_dir>/held
 logs `heldout/<setting>/<metric>` through the trainer (so the trainer's logs, console and wandb get
 it), and keeps `<output_dir>/best_heldout_checkpoint.json` pointing at the step (and checkpoint
 folder) with the best `metric_for_best` so far; the trainer state's best_global_step/best_metric are
-set too, so the Trainer keeps that checkpoint out of save_total_limit's rotation. Every process takes part (generation is split
-across processes, as ZeRO-3 requires); the main process writes the files.
+set too, so the Trainer keeps that checkpoint out of save_total_limit's rotation. Every process takes part
+(generation is split across processes, as ZeRO-3 requires); the main process writes the files.
 """
 
 from __future__ import annotations

@@ -238,7 +238,8 @@ def _score(args: ScoreArgs) -> int:
                  [("overall", *fmt(scores.overall, None), str(counts["overall"]))],
                  ("", "EM", "ROUGE-L", "instances"))
     _print_table("per category (* primary metric)",
-                 [(c, *fmt(r, primary_metric(c)), str(counts["per_category"][c])) for c, r in scores.per_category.items()],
+                 [(c, *fmt(r, primary_metric(c)), str(counts["per_category"][c]))
+                  for c, r in scores.per_category.items()],
                  ("category", "EM", "ROUGE-L", "instances"))
     _print_table("per task (* primary metric of its category)",
                  [(t, *fmt(r, primary_metric(scores.task_category[t])), str(counts["per_task"][t]))

@@ -40,8 +40,8 @@ def build_eval_set(collection: Any, split: str = "default", max_instances: int |
     its prompt shape; `output_space_only` keeps only the tasks with a small label set (`max_labels`).
     With `tokenizer` and `max_source_length`, prompts are fitted to the budget as Tk-Instruct does
     (demonstrations dropped, then cut, as text); evaluation leaves them whole and lets generation cut
-    them in token space (`mixtune.tokenization.source_ids`) as training does. With `chat`, each prompt is the tokenizer's chat rendering of
-    the user turn plus the generation prompt.
+    them in token space (`mixtune.tokenization.source_ids`) as training does. With `chat`, each prompt is
+    the tokenizer's chat rendering of the user turn plus the generation prompt.
     """
     from mixtune.encodings import encode_prompt, encoding_for_setting, render_chat
     from mixtune.eval.controls import control_infos, is_control, shape_of

@@ -220,7 +220,8 @@ def run_eval(model: Any, spec: EvalSpec, out_dir: str | Path, *, baselines: bool
     on_main(state, prepare)
 
     metrics: dict[str, Any] = {
-        "model": model_name, "kind": kind, "step": step, "collection": str(getattr(collection, "path", spec.collection)),
+        "model": model_name, "kind": kind, "step": step,
+        "collection": str(getattr(collection, "path", spec.collection)),
         "split": spec.split, "tasks": tasks, "max_instances_per_task": spec.max_instances_per_task,
         "primary_setting": spec.settings[0], "settings": {}, "levels": {}, "baselines": {}, "rank_classification": {},
         "rouge_tokenizer": "default", "others": dict(others or {}),
@@ -287,7 +288,8 @@ class _Run:
         spec = self.spec
         return on_every_rank(self.state, lambda: build_eval_set(
             self.collection, spec.split, spec.max_instances_per_task, setting, tokenizer=self.tokenizer,
-            chat=spec.chat, seed=spec.seed, max_labels=spec.max_labels, **selection))  # whole prompts: cut in token space
+            chat=spec.chat, seed=spec.seed, max_labels=spec.max_labels,
+            **selection))  # whole prompts: cut in token space
 
     def generate(self, setting: str, records: list[dict[str, Any]], file_name: str,
                  label: str | None = None) -> list[dict[str, Any]]:
@@ -392,7 +394,8 @@ def _add_controls(metrics: dict[str, Any], primary: list[dict[str, Any]], catego
         if setting in CONTROL_SETTINGS and setting != metrics["primary_setting"]:
             covered = sorted(scores["per_task"])
             scores["control"] = {"changes": CONTROL_SETTINGS[setting][1], "shape": CONTROL_SETTINGS[setting][0],
-                                 "tasks": covered, "primary_on_same_tasks": _subset_scores(primary, covered, categories)}
+                                 "tasks": covered,
+                                 "primary_on_same_tasks": _subset_scores(primary, covered, categories)}
 
 
 def _add_baselines(metrics: dict[str, Any], collection: Any, spec: EvalSpec, tasks: list[str],

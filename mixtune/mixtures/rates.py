@@ -53,7 +53,8 @@ def nest(components: Sequence[tuple[float, np.ndarray]]) -> np.ndarray:
     """Concatenate components' normalised rates, each scaled by weight / Σ weights (sums to 1)."""
     weights = np.array([w for w, _ in components], dtype=np.float64)
     shares = weights / weights.sum()
-    return np.concatenate([share * np.asarray(r, dtype=np.float64) for share, (_, r) in zip(shares, components, strict=True)])
+    return np.concatenate([share * np.asarray(r, dtype=np.float64)
+                           for share, (_, r) in zip(shares, components, strict=True)])
 
 
 def apportion(rates: np.ndarray, total: int) -> np.ndarray:

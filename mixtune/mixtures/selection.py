@@ -70,8 +70,8 @@ def select_tasks(spec: MixtureSpec, index: int, collection: TaskCollection) -> l
                               f"{shown}", path=path, field=f"{field}.missing_tasks",
                               hint="set `missing_tasks: skip` to leave them out")
         if missing:
-            _say_once(f"{path or 'inline mixture'}: skipping {len(missing)} train task(s) of split {source.split!r} that "
-                      f"collection {source.path!r} lacks (missing_tasks: skip)")
+            _say_once(f"{path or 'inline mixture'}: skipping {len(missing)} train task(s) "
+                      f"of split {source.split!r} that collection {source.path!r} lacks (missing_tasks: skip)")
         candidates = sorted({t for t in split.train if t in present})
     else:
         candidates = list(universe)

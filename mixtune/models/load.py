@@ -43,7 +43,8 @@ def _build_config(cfg: ModelConfig, tokenizer: Any) -> Any:
     try:
         config = AutoConfig.for_model(model_type, **values)
     except ValueError as e:
-        raise ConfigError(str(e), field="model.config.model_type", hint="a transformers model type, e.g. llama") from None
+        raise ConfigError(str(e), field="model.config.model_type",
+                          hint="a transformers model type, e.g. llama") from None
     config.vocab_size = len(tokenizer)
     return config
 

@@ -40,5 +40,6 @@ def warm_start(model: Any, source: str) -> int:
                     copied += 1
     if not copied:
         raise ConfigError(f"no tensor of {source!r} matches a parameter of the model by name and shape",
-                          field="model.init_from", hint="use weights of the same architecture and sizes as model.config")
+                          field="model.init_from",
+                          hint="use weights of the same architecture and sizes as model.config")
     return copied

@@ -134,7 +134,8 @@ class HFCollection(IndexedCollection):
             if n == 0:
                 continue
             if not task.strip():
-                raise DataError("a row has an empty task name", path=self.path, field=f"columns.task ({self.columns['task']})")
+                raise DataError("a row has an empty task name", path=self.path,
+                                field=f"columns.task ({self.columns['task']})")
             first = int(order[start])
             part = grouped.slice(start, n)
             task_ids = part.column("id") if ids is not None else pa.array([f"{task}-{i}" for i in range(n)])
@@ -172,8 +173,9 @@ def _local_key(path: Path) -> str:
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             parts += [str(f.relative_to(path)), f.read_bytes() if f.name == "state.json" else str(f.stat().st_size)]
         return "saved:" + cache.content_hash(*parts)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     parts = []
     for f in files:
         parts.append(str(f.relative_to(path)) if f != path else f.name)

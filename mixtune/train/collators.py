@@ -82,7 +82,8 @@ def _tokenized(features: Sequence[dict[str, Any]], tokenizer: Any, kind: str, ch
             prompt, completion = f["prompt"], f["completion"]
         except KeyError as e:
             raise DataError(f"example has no {e.args[0]!r} key (keys: {sorted(f)})", field=str(e.args[0]),
-                            hint="examples are {'prompt': ..., 'completion': ...} dicts or tokenized input_ids") from None
+                            hint="examples are {'prompt': ..., 'completion': ...} dicts "
+                                 "or tokenized input_ids") from None
         if chat:
             from mixtune.encodings import render_chat
 
