@@ -23,6 +23,7 @@ from typing import Any
 
 from mixtune.cli_args import CommandArgs, add_collection, add_overrides
 from mixtune.errors import ConfigError, MixtuneError
+from mixtune.train.spec import DEEPSPEED_PRESETS
 
 #: a hub id: "name" or "org/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -150,7 +151,7 @@ def _check_deepspeed(recipe: Any, path: Path, notes: list[str]) -> None:
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"DeepSpeed config {value!r} has an invalid zero_optimization.stage", path=path,
                           field="distributed.deepspeed", hint="stage 0, 1, 2 or 3")
-    name = value if value in ("zero2", "zero3", "zero3_offload") else Path(value).name
+    name = value if value in DEEPSPEED_PRESETS else Path(value).name
     notes.append(f"DeepSpeed {name} (ZeRO-{stage})")
 
 
