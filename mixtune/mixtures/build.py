@@ -57,7 +57,7 @@ def build_mixture(plan: MixturePlan, out_dir: str | Path, *, tokenizer: Any = No
 
         raise ConfigError("an online mixture has no fixed stream to build: its examples depend on the losses "
                           "seen in training", path=plan.spec.path, field="mixing.strategy",
-                          hint="to build its initial (static) rates, add --set mixing.strategy=static")
+                          hint="to build its initial (static) rates, add mixing.strategy=static after the mixture file")
     out_dir = Path(out_dir)
     remove_stale_siblings(out_dir)
     fmt = {"tokenizer": tokenizer, "max_source_length": max_source_length}
