@@ -16,8 +16,9 @@ from mixtune.distributed import launch_world_size
 before = launch_world_size()
 from transformers import TrainingArguments
 args = TrainingArguments(output_dir=sys.argv[1], use_cpu=True, report_to=[])
-print(json.dumps({"rank": args.process_index, "before": before, "args": args.world_size,
-                  "after": launch_world_size()}), flush=True)
+record = {"rank": args.process_index, "before": before, "args": args.world_size, "after": launch_world_size()}
+with open(os.path.join(sys.argv[1], f"rank{args.process_index}.json"), "w") as f:  # one file per rank: the
+    json.dump(record, f)  # ranks' stdout lines can interleave in torchrun's shared pipe
 """
 
 
@@ -50,7 +51,6 @@ def test_torchrun_world_size_matches_the_training_arguments(tmp_path: Path) -> N
                           "localhost:0", str(script), str(tmp_path)],
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    seen = sorted((json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["rank"])
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in seen] == [0, 1]
     assert all(r["before"] == r["args"] == r["after"] == 2 for r in seen), seen
