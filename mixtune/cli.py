@@ -18,6 +18,7 @@ from typing import Any
 
 from mixtune import __version__
 from mixtune.cli_args import add_common_to_all, command_arguments
+from mixtune.distributed import shutdown
 from mixtune.errors import MixtuneError, clip
 from mixtune.secrets import install_log_redaction, redact_text
 
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mixtune: interrupted", file=sys.stderr)
         return 130
+    shutdown()  # a multi-process job leaves its process group before the interpreter tears it down
     return int(result or 0)
 
 

@@ -1,4 +1,5 @@
-"""Process-group helpers for every layer: the launch's world size, a barrier (no-ops in one process)."""
+"""Process-group helpers for every layer: the launch's world size, a barrier, a clean shutdown (no-ops in one
+process)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,19 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the default process group cleanly at the end of a successful multi-process job: wait for every
+    process, then destroy the group. A process that exits while gloo still holds its peers' connections can
+    abort ("terminate called without an active exception", SIGABRT) after its work is done, and the launcher
+    then reports the whole job as failed. Nothing when torch was not imported or no group exists."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def launch_world_size() -> int:

@@ -40,6 +40,9 @@ WORKER = textwrap.dedent("""
     texts = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=5, progress=False)
     with open(f"{out_dir}/generate.rank{state.process_index}.json", "w") as f:
         json.dump(texts, f)
+    from mixtune.distributed import shutdown
+
+    shutdown()  # as `mixtune` does at the end of a command: leave the process group before exiting
 """)
 
 
