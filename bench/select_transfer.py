@@ -9,7 +9,8 @@ random run of a seed is trained once and evaluated on all targets (one run per s
 target and seed; the script checks that the candidate lists agree). Seeds run in order, random arm first,
 so an experiment stopped early still has complete seeds. Every run is a real `mixtune train` process;
 results go to <out>/results.jsonl (one line per target and run, appended, so an interrupted experiment
-resumes) and a table is printed.
+resumes) and a table is printed. Several copies started on the same --out share the runs (each claims the
+next run no live copy holds): on a 2-core CPU, two copies with OMP_NUM_THREADS=1 finish sooner than one.
 
     # the version reported in docs/selection.md: 12 targets x 3 seeds, 100 steps of 16
     python bench/select_transfer.py --out runs/select_transfer --targets 12 --seeds 0,1,2 --steps 100
@@ -84,6 +85,30 @@ def train_and_eval(mixture: Path, targets: list[str], run_dir: Path, *, steps: i
     return {t: metrics["per_task"][t] for t in targets}
 
 
+def done_runs(results: Path) -> set[tuple[str, str, int]]:
+    """(target, arm, seed) of every finished run (re-read before each run: other workers append too)."""
+    if not results.exists():
+        return set()
+    return {(r["target"], r["arm"], r["seed"]) for r in map(json.loads, results.read_text().splitlines())}
+
+
+def claim(out: Path, name: str) -> bool:
+    """Claim run `name` for this process (False when a live process holds it), so that several workers
+    started on the same --out share the runs."""
+    path = out / "claims" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        holder = int(path.read_text())
+        os.kill(holder, 0)
+        return holder == os.getpid()
+    except (OSError, ValueError):
+        pass
+    tmp = path.with_suffix(f".{os.getpid()}")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, path)
+    return int(path.read_text()) == os.getpid()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -102,15 +127,13 @@ def main() -> None:
     targets = [t for t in held if t in sample][: args.targets]
     seeds = [int(s) for s in args.seeds.split(",")]
     results = args.out / "results.jsonl"
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
-    done = {(r["target"], r["arm"], r["seed"]) for r in rows}
     pool, chosen, random = selections(targets, args.method, args.k, seeds)
     total = args.steps * args.batch
     for seed in seeds:
         runs = [("random", f"random-seed{seed}", random[seed], targets)]
         runs += [("selected", f"{t}-selected-seed{seed}", chosen[t], [t]) for t in targets]
         for arm, name, selection, evaluated in runs:
-            if all((t, arm, seed) in done for t in evaluated):
+            if all((t, arm, seed) in done_runs(results) for t in evaluated) or not claim(args.out, name):
                 continue
             mixture = write_mixture(args.out, name, selection, pool, seed=seed, total=total)
             start = time.perf_counter()
@@ -125,10 +148,9 @@ def main() -> None:
                            "k": args.k, "method": args.method, "steps": args.steps, "batch": args.batch,
                            "eval_instances": args.eval_instances, "seconds": seconds}
                     f.write(json.dumps(row) + "\n")
-                    rows.append(row)
             print(f"{name}: {seconds:.0f} s, " + ", ".join(f"{t[:24]} {metrics[t]['rougeL']:.2f}" for t in evaluated),
                   flush=True)
-    print_table(rows, targets, sample, args.method)
+    print_table([json.loads(line) for line in results.read_text().splitlines()], targets, sample, args.method)
 
 
 def print_table(rows: list[dict], targets: list[str], sample, method: str) -> None:

@@ -293,6 +293,14 @@ def test_weights_move_toward_the_high_loss_task_in_a_real_run(tmp_path):
     report = (out / "training_report.md").read_text()
     assert "## Online mixing weights" in report and "![mixing weights over steps](mixing_weights.png)" in report
     assert (out / "mixing_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the planned examples follow the weights each segment was drawn with (8 examples per segment), not the
+    # static 50/50 rates, and add up to the 96 examples trained on
+    section = report.split("## Examples and tokens per task")[1].split("\n## ")[0]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in section.splitlines() if r.startswith("| ")]
+    rows = {c[0]: float(c[1]) for c in cells[2:]}
+    by_hand = sum(x["weights"]["random"] * 8 for x in lines[:12])
+    assert rows["random"] == pytest.approx(by_hand, abs=0.05) and rows["random"] > 48 + 1
+    assert rows["random"] + rows["constant"] == pytest.approx(96, abs=0.1)
     # a fresh run into the same folder starts the weights file over
     again = subprocess.run([sys.executable, "-m", "mixtune", "train", str(recipe), *args, "training.max_steps=2",
                             "training.save_steps=2", "resume=never"], cwd=REPO, env=_env(), capture_output=True,

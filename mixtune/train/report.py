@@ -3,7 +3,8 @@
 Written at the end of every run and by `mixtune report RUN_DIR`, from the run's files only:
 
 - the training loss per category over the steps (`loss_per_category.png`, from `losses.jsonl`);
-- per task, the examples the plan meant the run to see (rate × trained examples), the examples it saw
+- per task, the examples the plan meant the run to see (rate × trained examples; for an online mixture, the
+  group weights of each segment), the examples it saw
   (its stream positions) and the label tokens it trained on (summed over `losses.jsonl`);
 - an online mixture's group weights over the steps (`mixing_weights.png`, from `mixing_weights.jsonl`);
 - the held-out evaluations over the steps, each linked to its report.
@@ -31,6 +32,7 @@ def write_training_report(run_dir: str | Path) -> Path:
     from mixtune.eval.callback import EVAL_DIR
     from mixtune.eval.report import REPORT_FILE as EVAL_REPORT
     from mixtune.train.final import FINAL, RUN_FILE
+    from mixtune.train.online_mixing import read_weights
 
     run_dir = Path(run_dir)
     info_path = run_dir / FINAL / RUN_FILE
@@ -45,8 +47,9 @@ def write_training_report(run_dir: str | Path) -> Path:
              f"{info.get('global_batch_size')}, {info.get('world_size')} process(es)); mixture "
              f"{info['mixture']['name']!r} (hash {info.get('mixture_hash')}).", ""]
     lines += _loss_section(run_dir, losses)
-    lines += _task_section(info, losses)
-    lines += _weights_section(run_dir)
+    weights = read_weights(run_dir)
+    lines += _task_section(info, losses, weights)
+    lines += _weights_section(run_dir, weights)
     lines += _heldout_section(info, run_dir, EVAL_DIR, EVAL_REPORT)
     path = run_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -73,30 +76,53 @@ def _loss_section(run_dir: Path, losses: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def _task_section(info: dict[str, Any], losses: list[dict[str, Any]]) -> list[str]:
-    trained = int(info.get("trained_examples") or 0)
-    planned: dict[str, float] = defaultdict(float)
-    for task in info["mixture"]["tasks"]:
-        planned[task["name"]] += task["rate"] * trained
+def _task_section(info: dict[str, Any], losses: list[dict[str, Any]], weights: list[dict[str, Any]]) -> list[str]:
+    planned = planned_examples(info, weights)
     seen = info.get("trained_task_counts") or {}
     tokens: dict[str, int] = defaultdict(int)
     for line in losses:
         for name, row in line["per_task"].items():
             tokens[name] += row["tokens"]
+    rule = ("the task's share of its group's weight in each segment (`mixing_weights.jsonl`) × the segment's "
+            "examples trained on" if weights else "the task's rate × the examples trained on")
     lines = ["## Examples and tokens per task", "",
-             "Planned: the task's rate × the examples trained on; seen: its examples among the stream positions "
-             "trained on; tokens: the label tokens of its examples in the logged steps.", "",
+             f"Planned: {rule}; seen: its examples among the stream positions trained on; tokens: the label "
+             "tokens of its examples in the logged steps.", "",
              "| task | planned examples | seen examples | label tokens |", "| --- | ---: | ---: | ---: |"]
     for name in sorted(planned, key=lambda n: (-planned[n], n)):
         lines.append(f"| {name} | {planned[name]:.1f} | {seen.get(name, 0)} | {tokens.get(name, 0):,} |")
     return [*lines, ""]
 
 
-def _weights_section(run_dir: Path) -> list[str]:
-    """An online mixture's weights: the plot and, per group, its first and last weight (nothing for static)."""
-    from mixtune.train.online_mixing import read_weights
+def planned_examples(info: dict[str, Any], weights: list[dict[str, Any]]) -> dict[str, float]:
+    """Per task, the examples the run was meant to see: its rate × the examples trained on; for an online
+    mixture (`weights`: the `mixing_weights.jsonl` records), per segment its group's weight × its share of
+    the group's static rate × the examples of the segment that were trained on."""
+    trained = int(info.get("trained_examples") or 0)
+    tasks = info["mixture"]["tasks"]
+    planned: dict[str, float] = defaultdict(float)
+    if not weights:
+        for task in tasks:
+            planned[task["name"]] += task["rate"] * trained
+        return planned
+    key = {"task": "name", "category": "category", "source": "source"}[info["mixture"]["mixing"]["group_by"]]
+    group_rate: dict[str, float] = defaultdict(float)
+    for task in tasks:
+        group_rate[task[key]] += task["rate"]
+    batch = int(info["global_batch_size"])
+    starts = [(r["first_step"] - 1) * batch for r in weights]
+    ends = [*starts[1:], starts[-1] + (starts[1] - starts[0] if len(starts) > 1 else trained)]
+    for record, start, end in zip(weights, starts, ends, strict=True):
+        examples = max(0, min(end, trained) - start)
+        for task in tasks:
+            group = task[key]
+            share = task["rate"] / group_rate[group] if group_rate[group] > 0 else 0.0
+            planned[task["name"]] += record["weights"][group] * share * examples
+    return planned
 
-    records = read_weights(run_dir)
+
+def _weights_section(run_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+    """An online mixture's weights: the plot and, per group, its first and last weight (nothing for static)."""
     if not records:
         return []
     plot_mixing_weights(records, run_dir / WEIGHTS_PLOT)
