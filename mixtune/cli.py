@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mixtune import __version__
-from mixtune.cli_args import add_common_to_all, command_arguments
-from mixtune.distributed import shutdown
+from mixtune.cli_args import add_common_to_all, add_top_flags, command_arguments
+from mixtune.distributed import group_size, shutdown
 from mixtune.errors import MixtuneError, clip
 from mixtune.secrets import install_log_redaction, redact_text
 
@@ -36,11 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mixtune", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mixtune {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug logging, and a traceback with each error (also after the subcommand)")
-    parser.add_argument("--reindex", action="store_true",
-                        help="read every task file again instead of trusting the task cache (which re-reads a "
-                        "file only when its size or modification time changed)")
+    add_top_flags(parser, top=True)
     # `deepspeed --module mixtune ...` passes --local_rank=N before the subcommand (LOCAL_RANK is in the env)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments, run the chosen command, print errors as one `mixtune: error:` line
     (with `-v`, after the traceback)."""
     parser = build_parser()
-    ns, extra = parser.parse_known_args(argv)
-    verbose = bool(getattr(ns, "verbose", False))
+    ns, extra = parser.parse_known_args(argv)  # the typed arguments are built below, where errors are reported
+    verbose = bool(ns.verbose)
     if ns.reindex:
         os.environ["MIXTUNE_REINDEX"] = "1"  # also reaches the processes a launcher starts from here
     logging.basicConfig(
@@ -102,8 +98,7 @@ def _failed(code: int) -> int:
     """`code`, or -- in one process of several (torch.distributed) -- exit with it at once: a failing
     rank that unwinds its gloo group while a peer leaves too can abort (SIGABRT, "terminate called
     without an active exception") instead of exiting with the error's code. Output is flushed first."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if group_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -36,12 +36,20 @@ _NAME = "_overrides_follow_name"  # what errors call that positional (RECIPE, MI
 # ------------------------------------------------------------------------------------------ argument helpers
 
 
-def add_verbose(parser: argparse.ArgumentParser) -> None:
-    """`-v/--verbose`; on a subcommand it leaves the top-level value alone unless given there."""
-    if any("-v" in a.option_strings for a in parser._actions):
-        return
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="debug logging, and a traceback with each error")
+VERBOSE_HELP = "debug logging, and a traceback with each error (also after the subcommand)"
+REINDEX_HELP = ("read every task file again instead of trusting the task cache (which re-reads a file only when "
+                "its size or modification time changed)")
+
+
+def add_top_flags(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """`-v/--verbose` and `--reindex` on `parser`. On a subcommand (`top=False`) they default to unset, so a
+    flag given before the subcommand is not overwritten by the subcommand's default."""
+    default: Any = False if top else argparse.SUPPRESS
+    names = {o for a in parser._actions for o in a.option_strings}
+    if "-v" not in names:
+        parser.add_argument("-v", "--verbose", action="store_true", default=default, help=VERBOSE_HELP)
+    if "--reindex" not in names:
+        parser.add_argument("--reindex", action="store_true", default=default, help=REINDEX_HELP)
 
 
 def add_collection(parser: Any, help: str = COLLECTION_HELP, *, default: str | None = None) -> None:
@@ -73,8 +81,9 @@ def add_overrides(parser: argparse.ArgumentParser, follows: str, *, what: str, e
 
 
 def add_common_to_all(parser: argparse.ArgumentParser) -> None:
-    """`-v` on `parser` and every subcommand parser below it, so it works before or after a subcommand."""
-    add_verbose(parser)
+    """`-v` and `--reindex` on `parser` and every subcommand parser below it, so that they work before or
+    after a subcommand."""
+    add_top_flags(parser)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):

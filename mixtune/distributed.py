@@ -12,15 +12,24 @@ def barrier() -> None:
         dist.barrier()
 
 
+def group_size() -> int:
+    """The size of the open default process group; 0 when there is none (torch is not imported for it)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 0
+
+
 def shutdown() -> None:
     """Leave the default process group cleanly at the end of a successful multi-process job: wait for every
     process, then destroy the group. A process that exits while gloo still holds its peers' connections can
     abort ("terminate called without an active exception", SIGABRT) after its work is done, and the launcher
     then reports the whole job as failed. Nothing when torch was not imported or no group exists."""
-    import sys
+    if group_size():
+        import torch.distributed as dist
 
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

@@ -303,3 +303,6 @@ def test_an_edit_that_keeps_size_and_mtime_needs_reindex(tmp_path: Path, bundled
                        f"sources:\n  - {{name: s, path: {coll}}}\n")
     assert main(["--reindex", "mixture", "show", str(mixture)]) == 0
     assert os.environ.pop("MIXTUNE_REINDEX") == "1"
+    assert main(["mixture", "show", str(mixture)]) == 0 and "MIXTUNE_REINDEX" not in os.environ
+    assert main(["mixture", "show", str(mixture), "--reindex"]) == 0  # after the subcommand too
+    assert os.environ.pop("MIXTUNE_REINDEX") == "1"
