@@ -33,13 +33,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def candidate_pool():
-    """The bundled sample as a selection pool, the split's held-out tasks left out."""
-    from mixtune.mixtures.task_select import collection_pool
-
-    return collection_pool("bundled")
-
-
 def write_mixture(out: Path, name: str, selection, pool, *, seed: int, total: int) -> Path:
     """The selection as a mixture YAML with the run's seed and length."""
     from mixtune.mixtures.task_select import mixture_yaml
@@ -53,10 +46,10 @@ def write_mixture(out: Path, name: str, selection, pool, *, seed: int, total: in
 
 def selections(targets: list[str], method: str, k: int, seeds: list[int]):
     """The selection for each target, and the random draw of each seed (from the candidates every target shares)."""
-    from mixtune.mixtures.task_select import select_for_targets, task_targets
+    from mixtune.mixtures.task_select import collection_pool, select_for_targets, task_targets
     from mixtune.mixtures.task_select.select import Selection
 
-    pool = candidate_pool()
+    pool = collection_pool("bundled")  # the sample minus the split's held-out tasks
     chosen = {t: select_for_targets(pool, task_targets(pool, [t]), method, k) for t in targets}
     candidate_lists = {tuple(c.task for c in s.candidates) for s in chosen.values()}
     if len(candidate_lists) != 1:
@@ -133,7 +126,8 @@ def main() -> None:
         runs = [("random", f"random-seed{seed}", random[seed], targets)]
         runs += [("selected", f"{t}-selected-seed{seed}", chosen[t], [t]) for t in targets]
         for arm, name, selection, evaluated in runs:
-            if all((t, arm, seed) in done_runs(results) for t in evaluated) or not claim(args.out, name):
+            done = done_runs(results)
+            if all((t, arm, seed) in done for t in evaluated) or not claim(args.out, name):
                 continue
             mixture = write_mixture(args.out, name, selection, pool, seed=seed, total=total)
             start = time.perf_counter()

@@ -44,12 +44,28 @@ _UNIT = float(2**31)
 PAPER = "ODM: Albalak et al. 2023, Efficient Online Data Mixing For Language Model Pre-Training (arXiv:2312.02406)"
 
 
+#: the plan-task field that names a task's group, per `group_by`
+GROUP_FIELDS = {"task": "name", "category": "category", "source": "source"}
+
+
 def task_groups(tasks: list[Any], group_by: str) -> tuple[list[str], np.ndarray]:
-    """(group names in first-seen order, the group index of every plan task) for `group_by`."""
-    keys = [getattr(t, {"task": "name", "category": "category", "source": "source"}[group_by]) for t in tasks]
+    """(group names in first-seen order, the group index of every plan task) for `group_by`; `tasks` are plan
+    tasks or their `summary()` dicts."""
+    field = GROUP_FIELDS[group_by]
+    keys = [t[field] if isinstance(t, dict) else getattr(t, field) for t in tasks]
     names = list(dict.fromkeys(keys))
     where = {n: i for i, n in enumerate(names)}
     return names, np.array([where[k] for k in keys], dtype=np.int64)
+
+
+def within_group_shares(rates: np.ndarray, members: list[np.ndarray]) -> list[np.ndarray]:
+    """Per group (its task indices in `members`), each task's share of the group's probability: its static
+    rate over the group's (uniform when the group's rates are all 0)."""
+    shares = []
+    for m in members:
+        r = rates[m]
+        shares.append(r / r.sum() if r.sum() > 0 else np.full(len(m), 1.0 / len(m)))
+    return shares
 
 
 def default_floor(num_groups: int) -> float:
@@ -127,11 +143,8 @@ class OnlineIndex:
         self.groups = groups
         rates = np.array([t.rate for t in plan.tasks], dtype=np.float64)
         self.members = [np.flatnonzero(groups == g) for g in range(num_groups)]
-        self.within = []  # per group: the cumulative static rates of its tasks (the within-group choice)
-        for m in self.members:
-            r = rates[m]
-            r = r / r.sum() if r.sum() > 0 else np.full(len(m), 1.0 / len(m))
-            self.within.append(np.cumsum(r))
+        # per group: the cumulative shares of its tasks (the within-group choice)
+        self.within = [np.cumsum(r) for r in within_group_shares(rates, self.members)]
         self.task_ids = np.empty(0, dtype=np.int64)
         self.rows = np.empty(0, dtype=np.int64)
         self.occurrences = np.zeros(len(plan.tasks), dtype=np.int64)

@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mixtune.errors import ConfigError
 from mixtune.io import atomic_write_bytes, atomic_write_text
 from mixtune.train.task_losses import read_losses
@@ -96,28 +98,31 @@ def _task_section(info: dict[str, Any], losses: list[dict[str, Any]], weights: l
 
 def planned_examples(info: dict[str, Any], weights: list[dict[str, Any]]) -> dict[str, float]:
     """Per task, the examples the run was meant to see: its rate × the examples trained on; for an online
-    mixture (`weights`: the `mixing_weights.jsonl` records), per segment its group's weight × its share of
-    the group's static rate × the examples of the segment that were trained on."""
+    mixture (`weights`: the `mixing_weights.jsonl` records, one per segment), per segment its group's weight ×
+    its share of the group (as the sampler splits it) × the examples of the segment that were trained on."""
+    from mixtune.mixtures.online import task_groups, within_group_shares
+
     trained = int(info.get("trained_examples") or 0)
     tasks = info["mixture"]["tasks"]
-    planned: dict[str, float] = defaultdict(float)
+    rates = np.array([t["rate"] for t in tasks], dtype=np.float64)
     if not weights:
-        for task in tasks:
-            planned[task["name"]] += task["rate"] * trained
-        return planned
-    key = {"task": "name", "category": "category", "source": "source"}[info["mixture"]["mixing"]["group_by"]]
-    group_rate: dict[str, float] = defaultdict(float)
-    for task in tasks:
-        group_rate[task[key]] += task["rate"]
-    batch = int(info["global_batch_size"])
-    starts = [(r["first_step"] - 1) * batch for r in weights]
-    ends = [*starts[1:], starts[-1] + (starts[1] - starts[0] if len(starts) > 1 else trained)]
-    for record, start, end in zip(weights, starts, ends, strict=True):
-        examples = max(0, min(end, trained) - start)
-        for task in tasks:
-            group = task[key]
-            share = task["rate"] / group_rate[group] if group_rate[group] > 0 else 0.0
-            planned[task["name"]] += record["weights"][group] * share * examples
+        expected = rates * trained
+    else:
+        mixing = info["mixture"]["mixing"]
+        names, groups = task_groups(tasks, mixing["group_by"])
+        members = [np.flatnonzero(groups == g) for g in range(len(names))]
+        share = np.empty(len(tasks))
+        for m, part in zip(members, within_group_shares(rates, members), strict=True):
+            share[m] = part
+        segment = int(mixing["every_steps"]) * int(info["global_batch_size"])
+        expected = np.zeros(len(tasks))
+        for record in weights:
+            start = (record["first_step"] - 1) * int(info["global_batch_size"])
+            examples = max(0, min(start + segment, trained) - start)
+            expected += np.array([record["weights"][n] for n in names])[groups] * share * examples
+    planned: dict[str, float] = defaultdict(float)
+    for task, value in zip(tasks, expected.tolist(), strict=True):
+        planned[task["name"]] += value  # a task taken by several sources (encodings) is one row
     return planned
 
 
