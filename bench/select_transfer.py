@@ -10,7 +10,7 @@ target and seed; the script checks that the candidate lists agree). Seeds run in
 so an experiment stopped early still has complete seeds. Every run is a real `mixtune train` process;
 results go to <out>/results.jsonl (one line per target and run, appended, so an interrupted experiment
 resumes) and a table is printed. Several copies started on the same --out share the runs (each claims the
-next run no live copy holds): on a 2-core CPU, two copies with OMP_NUM_THREADS=1 finish sooner than one.
+next run no live copy holds): on a 2-core CPU, two copies with OMP_NUM_THREADS=1 keep both cores busy.
 
     # the version reported in docs/selection.md: 12 targets x 3 seeds, 100 steps of 16
     python bench/select_transfer.py --out runs/select_transfer --targets 12 --seeds 0,1,2 --steps 100
